@@ -1,0 +1,99 @@
+"""Feature files and the run's text records, all written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+FAILED_LIST = "failed_videos.txt"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+MISSING_LIST = "missing_files.txt"
+
+
+def output_name(stem: str, prefix: str, suffix: str, ext: str) -> str:
+    return f"{prefix}{stem}{suffix}.{ext}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(fileobj) into a temporary file beside `path`, fsync, then rename over `path`:
+    a killed run leaves either the old file, no file, or the whole new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_features(path: Path, features: np.ndarray) -> None:
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if path.suffix == ".pt":
+        import torch
+
+        _atomic_write(path, lambda fh: torch.save(torch.from_numpy(features), fh))
+    else:
+        _atomic_write(path, lambda fh: np.save(fh, features, allow_pickle=False))
+
+
+def load_features(path: Path) -> np.ndarray:
+    if path.suffix == ".pt":
+        import torch
+
+        return torch.load(str(path), map_location="cpu", weights_only=True).numpy()
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def check_existing(path: Path, width: int) -> Optional[str]:
+    """None if `path` holds a usable (num_clips, width) float32 feature array, else why not."""
+    try:
+        arr = load_features(path)
+    except Exception as e:  # truncated, not an array, wrong format
+        return f"does not load ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] < 1:
+        return f"has shape {tuple(arr.shape)}, expected (num_clips, {width})"
+    if arr.dtype != np.float32:
+        return f"has dtype {arr.dtype}, expected float32"
+    return None
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> None:
+    text = "".join(f"{line}\n" for line in lines)
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_failed(save_path: Path, failures: dict[str, str]) -> None:
+    """failed_videos.txt: one line per failed file, `name<TAB>reason`. Removed when nothing failed."""
+    path = save_path / FAILED_LIST
+    if failures:
+        write_lines(path, (f"{name}\t{' '.join(reason.split())}" for name, reason in sorted(failures.items())))
+    elif path.exists():
+        path.unlink()
+
+
+def annotated_videos(anno_file: Path) -> list[str]:
+    """Video ids of an ActivityNet-style annotation file ({"database": {id: ...}})."""
+    data = json.loads(anno_file.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
+        raise ValueError("has no 'database' object")
+    return list(data["database"])
+
+
+def write_missing(save_path: Path, video_ids: list[str], prefix: str, suffix: str, ext: str) -> list[str]:
+    """missing_files.txt: the annotated videos with no feature file, one per line."""
+    missing = [v for v in video_ids if not (save_path / output_name(v, prefix, suffix, ext)).exists()]
+    write_lines(save_path / MISSING_LIST, missing)
+    return missing

@@ -1,0 +1,168 @@
+"""Finding videos, decoding each frame once, preprocessing, and sliding clips over frames."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".mts",
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; the message is the reason shown to the user."""
+
+
+def list_videos(data_path: Path) -> list[Path]:
+    """Files under data_path (not recursive) whose extension is a video extension, sorted."""
+    return sorted(p for p in data_path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
+    """The original's rule: range(0, n - clip_len + 1, stride); a video shorter than one
+    clip still gives one clip (padded with its last frame by `clip_frame_indices`)."""
+    if num_frames <= 0:
+        return []
+    return list(range(0, num_frames - clip_len + 1, stride)) or [0]
+
+
+def clip_frame_indices(start: int, clip_len: int, num_frames: int) -> list[int]:
+    return [min(start + k, num_frames - 1) for k in range(clip_len)]
+
+
+def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarray:
+    """Sorted frame indices that belong to at least one clip: each is decoded once."""
+    if not starts:
+        return np.zeros(0, dtype=np.int64)
+    if len(starts) == 1 or starts[1] - starts[0] <= clip_len:  # windows touch or overlap
+        return np.arange(min(starts[-1] + clip_len, num_frames), dtype=np.int64)
+    idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(clip_len)
+    return np.unique(np.minimum(idx, num_frames - 1))
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+class VideoDecoder:
+    """Decodes a video's frames once, in order, in chunks of uint8 RGB (n, H, W, 3).
+
+    Only the frames that belong to a clip are decoded. Every decord failure becomes a
+    DecodeError with a reason a person can act on."""
+
+    def __init__(self, path: Path, num_threads: int = 0):
+        self.path = path
+        if path.is_dir():
+            raise DecodeError("is a directory")
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise DecodeError(f"cannot stat file: {e.strerror}") from None
+        if size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        if not os.access(path, os.R_OK):
+            raise DecodeError("permission denied")
+        import decord
+
+        try:
+            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+            num_frames = len(self.reader)
+            fps = float(self.reader.get_avg_fps())
+            if num_frames > 0:
+                h, w = self.reader[0].shape[:2]
+                self.reader.seek(0)
+            else:
+                h = w = 0
+        except DecodeError:
+            raise
+        except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line text
+            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
+        if num_frames <= 0:
+            raise DecodeError("no video frames")
+        self.info = VideoInfo(num_frames, fps, h, w)
+
+    def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yields (frame indices, uint8 frames (n, H, W, 3)) for `indices` in order."""
+        for a in range(0, len(indices), chunk_size):
+            idx = indices[a:a + chunk_size]
+            try:
+                frames = self.reader.get_batch(idx.tolist()).asnumpy()
+            except Exception as e:
+                raise DecodeError(f"decoding failed near frame {int(idx[0])} of {self.info.num_frames} ({first_line(e)})") from None
+            if frames.shape[0] != len(idx) or frames.ndim != 4 or frames.shape[-1] != 3:
+                raise DecodeError(f"decoder returned frames of shape {tuple(frames.shape)} for {len(idx)} indices")
+            yield idx, frames
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    return msg[:200]
+
+
+def preprocess(frames: torch.Tensor, size: int, normalize: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> (n, 3, size, size): RGB/255, bilinear resize (align_corners=False,
+    no antialias) in float32, optionally CLIP mean/std; cast to out_dtype last.
+
+    This is the original script's preprocessing, frame by frame; done wherever `frames`
+    lives (on the GPU in a CUDA run)."""
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if normalize == "clip":
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x.to(out_dtype)
+
+
+class ClipAssembler:
+    """Slides clip windows over a stream of preprocessed frames of one video.
+
+    Frames arrive in increasing index order; `push` returns the clips completed by them as
+    (clip numbers, tensor (k, 3, T, S, S)) and drops frames no later clip needs, so memory
+    holds at most one clip span plus one chunk."""
+
+    def __init__(self, starts: list[int], clip_len: int, num_frames: int):
+        self.starts, self.clip_len, self.num_frames = starts, clip_len, num_frames
+        self.next_clip = 0
+        self.frames: Optional[torch.Tensor] = None
+        self.index = np.zeros(0, dtype=np.int64)
+
+    @property
+    def done(self) -> bool:
+        return self.next_clip >= len(self.starts)
+
+    def push(self, index: np.ndarray, frames: torch.Tensor) -> tuple[list[int], Optional[torch.Tensor]]:
+        self.frames = frames if self.frames is None else torch.cat([self.frames, frames])
+        self.index = np.concatenate([self.index, index])
+        ready, rows = [], []
+        while not self.done:
+            want = clip_frame_indices(self.starts[self.next_clip], self.clip_len, self.num_frames)
+            if self.index.size == 0 or self.index[-1] < want[-1]:
+                break
+            rows.append(np.searchsorted(self.index, want))
+            ready.append(self.next_clip)
+            self.next_clip += 1
+        clips = None
+        if rows:
+            pos = torch.from_numpy(np.stack(rows)).to(self.frames.device)
+            clips = self.frames[pos].permute(0, 2, 1, 3, 4)  # (k, T, 3, S, S) -> (k, 3, T, S, S)
+        keep_from = self.starts[self.next_clip] if not self.done else self.num_frames
+        cut = int(np.searchsorted(self.index, keep_from))
+        if cut:
+            self.frames, self.index = self.frames[cut:], self.index[cut:]
+        return ready, clips

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Per-video clip features for temporal action detection, with a LLaVA-ViT video encoder.
+
+Slides clips of 16 frames over every video in --data_path, runs the encoder on batches of
+clips on every GPU (one process each) and writes one float32 (num_clips, C) array per video.
+Run `python feat_extraction.py --help` for the flags, `--demo` for a self-contained demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PRESETS = {  # data_set -> (clip_len, stride)
+    "thumos": (16, 4),
+    "charades": (16, 4),
+    "fineaction": (16, 16),
+    "hacs": (16, 16),
+}
+
+
+class UsageError(Exception):
+    """Bad flags or inputs found before any work: one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from extractor.model import VARIANTS
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("data (the original script's flags)")
+    io.add_argument("--data_set", choices=sorted(PRESETS),
+                    help="dataset preset: clip length 16; stride 4 for thumos/charades, 16 for fineaction/hacs")
+    io.add_argument("--data_path", type=Path, help="folder of videos (not searched recursively)")
+    io.add_argument("--save_path", type=Path, help="folder for the feature files (created if missing)")
+    io.add_argument("--anno_file", type=Path,
+                    help="ActivityNet-style JSON ({'database': {...}}): write missing_files.txt listing annotated "
+                         "videos that have no feature file")
+    io.add_argument("--prefix", default="", help="output file name prefix")
+    io.add_argument("--suffix", default="", help="output file name suffix (before the extension)")
+    io.add_argument("--ext", default="npy", choices=["npy", "pt"], help="output format/extension")
+    m = p.add_argument_group("model")
+    m.add_argument("--model_type", default="llavavit", choices=["llavavit"], help="backbone family")
+    m.add_argument("--model_name", default="llava_vit_base_ln", choices=[*VARIANTS, "auto"],
+                   help="architecture of a backbone.pt checkpoint ('auto': read it off the checkpoint's shapes); "
+                        "ignored for Hugging Face folders, whose config.json gives it")
+    m.add_argument("--ckpt_path", type=Path,
+                   help="backbone.pt state dict (.pt/.pth/.safetensors) or a OneVision-Encoder Hugging Face folder")
+    m.add_argument("--model_key", default=None,
+                   help="key of the state dict inside the checkpoint (default: unwrap model/state_dict/module)")
+    m.add_argument("--temporal_positions", choices=["contiguous", "spread64"], default=None,
+                   help="rotary time coordinate of a clip's frames (default: contiguous for backbone.pt, "
+                        "spread64 for Hugging Face folders)")
+    c = p.add_argument_group("clips and preprocessing")
+    c.add_argument("--clip_len", type=positive_int, help="frames per clip (overrides the preset)")
+    c.add_argument("--stride", type=positive_int, help="frames between clip starts (overrides the preset)")
+    c.add_argument("--normalize", choices=["none", "clip"], default="none",
+                   help="'none' reproduces the original script (RGB/255); 'clip' applies CLIP mean/std")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available, else cpu")
+    r.add_argument("--world_size", type=positive_int, default=None,
+                   help="worker processes, one per GPU (default: all visible GPUs; 1 on cpu)")
+    r.add_argument("--batch_clips", type=positive_int, default=64, help="clips per forward pass")
+    r.add_argument("--dtype", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
+                   help="model precision (auto: bf16 on cuda, fp32 on cpu)")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for cuda, off for cpu)")
+    r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video")
+    r.add_argument("--parallel_videos", type=positive_int, default=None,
+                   help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
+    r.add_argument("--prefetch", type=positive_int, default=8, help="decoded frame chunks queued per worker")
+    r.add_argument("--overwrite", action="store_true", help="recompute videos whose feature file exists")
+    r.add_argument("--demo", action="store_true",
+                   help="run on a generated sample video with a small RANDOM-weights checkpoint (./demo_data)")
+    return p
+
+
+def resolve(args: argparse.Namespace):
+    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, ckpt)."""
+    import torch
+
+    from extractor.checkpoints import CheckpointError, read_checkpoint
+    from extractor.pipeline import RunConfig
+    from extractor.video import VIDEO_EXTENSIONS, list_videos
+
+    if args.demo:
+        from extractor.demo import prepare_demo
+
+        args.data_path, args.ckpt_path, args.save_path = prepare_demo(Path("demo_data"))
+        args.model_name, args.data_set = "auto", args.data_set or "charades"
+        print("DEMO: a generated video and a RANDOM-weights checkpoint; the features mean nothing.")
+    for flag in ("data_path", "save_path", "ckpt_path"):
+        if getattr(args, flag) is None:
+            raise UsageError(f"--{flag} is required")
+    if not args.data_path.is_dir():
+        raise UsageError(f"--data_path {args.data_path} is not an existing folder")
+    if args.data_set is None and (args.clip_len is None or args.stride is None):
+        raise UsageError("give --data_set (a preset) or both --clip_len and --stride")
+    clip_len, stride = PRESETS.get(args.data_set, (None, None))
+    clip_len, stride = args.clip_len or clip_len, args.stride or stride
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if device == "cuda" and gpus == 0:
+        raise UsageError("--device cuda, but no CUDA GPU is visible")
+    world_size = args.world_size or (gpus if device == "cuda" else 1)
+    if device == "cuda" and world_size > gpus:
+        raise UsageError(f"--world_size {world_size} but only {gpus} GPU(s) are visible")
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+    if dtype == "tf32" and device != "cuda":
+        raise UsageError("--dtype tf32 needs --device cuda (TF32 is a GPU matrix mode)")
+    compile_model = args.compile if args.compile is not None else device == "cuda"
+
+    videos = list_videos(args.data_path)
+    if not videos:
+        raise UsageError(f"no video files in {args.data_path} (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
+    if args.anno_file is not None:
+        from extractor.outputs import annotated_videos
+
+        try:
+            annotated_videos(args.anno_file)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--anno_file {args.anno_file}: {e}") from None
+    try:
+        ckpt = read_checkpoint(args.ckpt_path, args.model_name, args.model_key)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    try:
+        args.save_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --save_path {args.save_path}: {e.strerror}") from None
+
+    cfg = RunConfig(
+        save_path=args.save_path, ckpt_path=args.ckpt_path, model_name=args.model_name, model_key=args.model_key,
+        device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips, dtype=dtype,
+        compile=compile_model, num_threads=args.num_threads, prefetch=args.prefetch,
+        parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
+        temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
+    return cfg, videos, world_size, ckpt
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, videos, world_size, ckpt = resolve(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from extractor.launch import RunSummary, launch
+    from extractor.outputs import annotated_videos, check_existing, write_failed, write_missing
+
+    if ckpt.note:
+        print(f"note: {ckpt.note}", file=sys.stderr)
+    summary = RunSummary()
+    todo = []
+    for video in videos:
+        out = cfg.output_path(video)
+        if out.exists() and not args.overwrite:
+            problem = check_existing(out, ckpt.config.width)
+            if problem is None:
+                summary.skipped += 1
+                continue
+            print(f"warning: {out.name} {problem}: recomputing", file=sys.stderr)
+        todo.append(video)
+    rule = cfg.temporal_positions or ckpt.default_temporal_positions
+    print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} x{world_size} "
+          f"| {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} frames, stride {cfg.stride} "
+          f"| batch {cfg.batch_clips} | normalize {cfg.normalize} | temporal positions {rule}")
+    if todo:
+        try:
+            launch(cfg, todo, world_size, summary)
+        except KeyboardInterrupt:
+            print("interrupted: finished feature files are kept; run the same command again to resume",
+                  file=sys.stderr)
+            return 130
+    write_failed(cfg.save_path, summary.failed)
+    missing_note = ""
+    if args.anno_file is not None:
+        missing = write_missing(cfg.save_path, annotated_videos(args.anno_file), cfg.prefix, cfg.suffix, cfg.ext)
+        missing_note = f" | {len(missing)} annotated videos without features (missing_files.txt)"
+    rate = summary.clips / summary.wall_s if summary.wall_s else 0.0
+    print(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
+          f"{summary.clips} clips in {summary.wall_s:.1f}s = {rate:.1f} clips/s | time split (summed over videos, "
+          f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
+          f"{missing_note}")
+    if summary.failed:
+        print(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
