@@ -34,10 +34,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (not the whole usage) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from extractor.model import VARIANTS
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data (the original script's flags)")
     io.add_argument("--data_set", choices=sorted(PRESETS),
@@ -189,9 +196,11 @@ def main(argv=None) -> int:
     if args.anno_file is not None:
         missing = write_missing(cfg.save_path, annotated_videos(args.anno_file), cfg.prefix, cfg.suffix, cfg.ext)
         missing_note = f" | {len(missing)} annotated videos without features (missing_files.txt)"
-    rate = summary.clips / summary.wall_s if summary.wall_s else 0.0
+    busy_s = summary.wall_s - summary.startup_s
+    rate = summary.clips / busy_s if busy_s > 0 else 0.0
     print(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
-          f"{summary.clips} clips in {summary.wall_s:.1f}s = {rate:.1f} clips/s | time split (summed over videos, "
+          f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
+          f"time split (summed over videos, "
           f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
           f"{missing_note}")
     if summary.failed:

@@ -28,6 +28,7 @@ class RunSummary:
     failed: dict = field(default_factory=dict)  # name -> reason
     clips: int = 0
     wall_s: float = 0.0
+    startup_s: float = 0.0  # until the first worker had its model loaded (and compiled)
     decode_s: float = 0.0
     model_s: float = 0.0
     save_s: float = 0.0
@@ -53,6 +54,7 @@ class Progress:
         self.summary = summary
         self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, disable=None)
         self.t0 = time.perf_counter()
+        self.t_ready: Optional[float] = None
         self.held: dict[int, set] = {}  # rank -> videos claimed and not finished
         self.lock = threading.Lock()
 
@@ -70,6 +72,9 @@ class Progress:
             self.held.setdefault(rank, set()).add(name)
         elif kind == "ready":
             s.temporal_positions = ev["temporal_positions"]
+            if self.t_ready is None:
+                self.t_ready = time.perf_counter()
+                s.startup_s = self.t_ready - self.t0
         elif kind == "done":
             self.held.get(rank, set()).discard(name)
             s.done += 1
@@ -80,7 +85,7 @@ class Progress:
             self.say(f"[R{rank}] {name}: {ev['clips']} clips ({ev['frames']} frames @ {ev['fps']:.2f} fps) | "
                      f"decode {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
             self.bar.update(1)
-            self.bar.set_postfix(clips_per_s=f"{s.clips / max(time.perf_counter() - self.t0, 1e-9):.1f}")
+            self.bar.set_postfix(clips_per_s=f"{s.clips / max(time.perf_counter() - self.t_ready, 1e-9):.1f}")
         elif kind == "failed":
             self.held.get(rank, set()).discard(name)
             s.failed[name] = ev["reason"]

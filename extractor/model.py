@@ -8,8 +8,7 @@ checkpoint's. Attention runs through `F.scaled_dot_product_attention`, so the
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -205,48 +204,37 @@ class LlavaViT(nn.Module):
         self.transformer = Transformer(cfg)
         self.ln_post = make_norm(cfg)
         self.head = PoolingHead(cfg)
-        self._rope_cache: dict = {}
 
-    def rope(self, t_pos: torch.Tensor, h: int, w: int, dtype: torch.dtype):
-        key = (tuple(t_pos.tolist()), h, w, t_pos.device, dtype)
-        if key not in self._rope_cache:
-            cos, sin = rope_cos_sin(rope_angles(self.cfg, t_pos, h, w))
-            self._rope_cache[key] = (cos.to(dtype), sin.to(dtype))
-        return self._rope_cache[key]
+    def rope_tables(self, t_pos: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (cos, sin), each (N, head_dim), for a T x h x w token grid."""
+        return rope_cos_sin(rope_angles(self.cfg, t_pos, h, w))
 
     def forward(self, video: torch.Tensor, t_pos: Optional[torch.Tensor] = None) -> dict:
         """video: (B, 3, T, H, W) or (B, 3, H, W). Returns head_output (B, C) and
         visible_embeddings (B, N, C). t_pos: the T rotary time coordinates (default 0..T-1)."""
         if video.dim() == 4:
             video = video.unsqueeze(2)
-        B, _, T, H, W = video.shape
+        T, H, W = video.shape[2:]
         p = self.cfg.patch_size
-        h, w = H // p, W // p
-        frames = video.transpose(1, 2).reshape(B * T, 3, H, W)
-        x = self.conv1(frames.to(self.conv1.weight.dtype))  # (B*T, C, h, w)
-        x = x.flatten(2).transpose(1, 2).reshape(B, T * h * w, -1)
-        x = self.ln_pre(x)
         if t_pos is None:
             t_pos = torch.arange(T)
-        cos, sin = self.rope(t_pos.to(x.device), h, w, torch.float32)
+        cos, sin = self.rope_tables(t_pos.to(video.device), H // p, W // p)
+        return self.encode(video, cos, sin)
+
+    def encode(self, video: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
+        """The network proper, with the rotary tables given (what a compiled engine calls)."""
+        B, _, T, H, W = video.shape
+        frames = video.transpose(1, 2).reshape(B * T, 3, H, W)
+        x = self.conv1(frames.to(self.conv1.weight.dtype))  # (B*T, C, h, w)
+        x = x.flatten(2).transpose(1, 2).reshape(B, -1, self.cfg.width)  # tokens: frame, row, column
+        x = self.ln_pre(x)
         x = self.transformer(x, cos, sin)
         x = self.ln_post(x)
         return {"visible_embeddings": x, "head_output": self.head(x)}
 
 
-def build_model(cfg: ViTConfig) -> LlavaViT:
-    return LlavaViT(cfg)
-
-
-def with_eps(cfg: ViTConfig, eps: Optional[float]) -> ViTConfig:
-    return replace(cfg, norm_eps=eps)
-
-
 def flops_per_clip(cfg: ViTConfig, tokens: int) -> float:
-    """Multiply-adds x2 of one clip's forward (linear layers + attention), for reporting."""
+    """Floating-point operations of one clip's forward (matrix products and attention)."""
     C, M, N = cfg.width, cfg.mlp_width, tokens
     per_layer = 2 * N * (4 * C * C + 2 * C * M) + 4 * N * N * C
     return cfg.layers * per_layer + 2 * N * C * 3 * cfg.patch_size**2
-
-
-__all__ = ["ViTConfig", "VARIANTS", "LlavaViT", "build_model", "temporal_positions", "flops_per_clip", "math"]

@@ -183,7 +183,9 @@ class Saver:
 
 
 class Engine:
-    """The model on one device, fed full batches of clips."""
+    """The model on one device. Batches are submitted without waiting: the features come
+    back through pinned memory behind a CUDA event, so the CPU prepares the next batch
+    while the GPU runs this one."""
 
     def __init__(self, cfg: RunConfig, device: torch.device, report: Report):
         self.cfg, self.device, self.report = cfg, device, report
@@ -192,42 +194,78 @@ class Engine:
         self.rule = cfg.temporal_positions or ckpt.default_temporal_positions
         self.t_pos = temporal_positions(cfg.clip_len, self.rule, device)
         self.dtype = DTYPES[cfg.dtype]
-        if device.type == "cuda":
+        self.cuda = device.type == "cuda"
+        if self.cuda:
             allow = cfg.dtype == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = allow
             torch.backends.cudnn.allow_tf32 = allow
         model = build_from_checkpoint(ckpt).to(device=device, dtype=self.dtype)
-        self.model = torch.compile(model) if cfg.compile else model
+        grid = cfg.image_size // ckpt.config.patch_size
+        self.cos, self.sin = model.rope_tables(self.t_pos, grid, grid)
+        self.encode = torch.compile(model.encode) if cfg.compile else model.encode
+        self.clip_shape = (cfg.clip_len, 3, cfg.image_size, cfg.image_size)  # (T, 3, S, S) per clip
         self.batch = cfg.batch_clips
-        # Compiled models and CUDA keep one input shape: the last partial batch is padded.
-        self.pad_batches = cfg.compile
+        # A compiled model sees one input tensor, always the same shape and strides: clips
+        # are stacked into this buffer and a last partial batch runs on stale rows.
+        self.buffer: Optional[torch.Tensor] = None
+        if cfg.compile:  # compile now, so that start-up is not counted as throughput
+            warm = torch.rand(self.batch, *self.clip_shape, device=device).to(self.dtype)
+            self.result(self.submit(list(warm)))
+
+    def _forward(self, clips: list) -> torch.Tensor:
+        n = len(clips)
+        if self.cfg.compile:
+            if self.buffer is None or self.buffer.shape[0] != self.batch:
+                self.buffer = torch.zeros(self.batch, *self.clip_shape, device=self.device, dtype=self.dtype)
+            torch.stack(clips, out=self.buffer[:n])
+            x = self.buffer
+        else:
+            x = torch.stack(clips)
+        return self.encode(x.transpose(1, 2), self.cos, self.sin)["head_output"][:n].float()
 
     @torch.inference_mode()
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips (n, 3, T, S, S) -> features (n, C) float32 on the CPU; n <= batch size."""
-        n = clips.shape[0]
-        if self.pad_batches and n < self.batch:
-            pad = clips[-1:].expand(self.batch - n, *clips.shape[1:])
-            clips = torch.cat([clips, pad])
-        out = self.model(clips.to(self.dtype), self.t_pos)["head_output"][:n]
-        return out.float().cpu()
-
-    def forward_all(self, clips: torch.Tensor) -> torch.Tensor:
-        """Runs `clips` in batches of self.batch, halving the batch on CUDA out-of-memory."""
-        outs, i = [], 0
-        while i < clips.shape[0]:
-            chunk = clips[i:i + self.batch]
+    def submit(self, clips: list) -> list:
+        """Launches clips (each (T, 3, S, S) in the model dtype) in batches of self.batch,
+        halving the batch on CUDA out-of-memory. Returns handles for `result`."""
+        handles, i = [], 0
+        while i < len(clips):
+            part = clips[i:i + self.batch]
             try:
-                outs.append(self.forward(chunk))
-                i += chunk.shape[0]
+                if self.cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    out = self._forward(part)
+                    end.record()
+                    host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                    host.copy_(out, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                    handles.append((host, done, start, end))
+                else:
+                    t0 = time.perf_counter()
+                    handles.append((self._forward(part), None, t0, time.perf_counter()))
+                i += len(part)
             except torch.OutOfMemoryError:
                 if self.batch == 1:
                     raise
-                self.batch = max(1, self.batch // 2)
+                self.batch, self.buffer = max(1, self.batch // 2), None
                 torch.cuda.empty_cache()
                 self.report({"type": "warning", "video": None,
                              "msg": f"CUDA out of memory: batch halved to {self.batch} clips"})
-        return torch.cat(outs)
+        return handles
+
+    @staticmethod
+    def result(handles: list) -> tuple[torch.Tensor, float]:
+        """(features (n, C) float32 on the CPU, seconds the device spent on them)."""
+        outs, seconds = [], 0.0
+        for out, done, start, end in handles:
+            if done is not None:
+                done.synchronize()
+                seconds += start.elapsed_time(end) / 1e3
+            else:
+                seconds += end - start
+            outs.append(out)
+        return torch.cat(outs), seconds
 
 
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report) -> None:
@@ -235,45 +273,46 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     engine = Engine(cfg, device, report)
     report({"type": "ready", "temporal_positions": engine.rule, "width": engine.width})
     saver = Saver(cfg, report)
-    prefetcher = ClipPrefetcher(cfg, claim, report, pin=device.type == "cuda")
-    pending: list[tuple[VideoJob, list[int], torch.Tensor]] = []
-    pending_clips = 0
+    prefetcher = ClipPrefetcher(cfg, claim, report, pin=engine.cuda)
+    copy_stream = torch.cuda.Stream(device) if engine.cuda else None
+    pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
+    in_flight: list = []  # submitted batches whose features are not back yet
     live = max(1, cfg.parallel_videos)
 
     def finish_if_complete(job: VideoJob):
         if not job.failed and job.decoded and job.features is not None and job.filled == len(job.starts):
             saver.put(job)
 
-    def run_pending(final: bool):
-        nonlocal pending, pending_clips
-        while pending_clips >= engine.batch or (final and pending_clips):
-            take, taken, rest = [], 0, []
-            for job, nums, clips in pending:
-                room = engine.batch - taken
-                if room <= 0:
-                    rest.append((job, nums, clips))
-                elif len(nums) <= room:
-                    take.append((job, nums, clips))
-                    taken += len(nums)
-                else:
-                    take.append((job, nums[:room], clips[:room]))
-                    rest.append((job, nums[room:], clips[room:]))
-                    taken += room
-            pending, pending_clips = rest, pending_clips - taken
-            take = [(j, n, c) for j, n, c in take if not j.failed]
+    def collect(batch):
+        owners, handles = batch
+        feats, seconds = engine.result(handles)
+        for row, (job, num) in enumerate(owners):
+            if not job.failed:
+                job.features[num] = feats[row].numpy()
+                job.filled += 1
+                job.model_s += seconds / len(owners)
+        for job in {id(j): j for j, _ in owners}.values():
+            finish_if_complete(job)
+
+    def launch(final: bool):
+        nonlocal pending
+        while len(pending) >= engine.batch or (final and pending):
+            take, pending = pending[:engine.batch], pending[engine.batch:]
+            take = [(job, num, clip) for job, num, clip in take if not job.failed]
             if not take:
                 continue
-            t0 = time.perf_counter()
-            feats = engine.forward_all(torch.cat([c for _, _, c in take]))
-            dt = time.perf_counter() - t0
-            row = 0
-            for job, nums, _ in take:
-                job.features[nums] = feats[row:row + len(nums)].numpy()
-                job.filled += len(nums)
-                job.model_s += dt * len(nums) / feats.shape[0]
-                row += len(nums)
-            for job in {id(j): j for j, _, _ in take}.values():
-                finish_if_complete(job)
+            in_flight.append(([(job, num) for job, num, _ in take], engine.submit([clip for _, _, clip in take])))
+            while len(in_flight) > 1:  # keep one batch queued on the device, collect the one before
+                collect(in_flight.pop(0))
+
+    def to_device(frames: torch.Tensor) -> torch.Tensor:
+        if copy_stream is None:
+            return frames
+        with torch.cuda.stream(copy_stream):  # uint8 upload on its own stream, beside compute
+            gpu = frames.to(device, non_blocking=True)
+        torch.cuda.current_stream(device).wait_stream(copy_stream)
+        gpu.record_stream(torch.cuda.current_stream(device))
+        return gpu
 
     try:
         while live:
@@ -285,13 +324,10 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.num_frames)
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
             elif kind == "frames":
-                idx, frames = event[2], event[3]
-                x = preprocess(frames.to(device, non_blocking=True), cfg.image_size, cfg.normalize, engine.dtype)
-                nums, clips = job.assembler.push(idx, x)
-                if nums:
-                    pending.append((job, nums, clips))
-                    pending_clips += len(nums)
-                    run_pending(final=False)
+                x = preprocess(to_device(event[3]), cfg.image_size, cfg.normalize, engine.dtype)
+                nums, clips = job.assembler.push(event[2], x)
+                pending.extend((job, num, clip) for num, clip in zip(nums, clips))
+                launch(final=False)
             elif kind == "decoded":
                 job.decoded = True
                 if not job.assembler.done:
@@ -305,7 +341,9 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 job.failed = True
                 job.assembler = None
                 report({"type": "failed", "video": job.path.name, "reason": event[2]})
-        run_pending(final=True)
+        launch(final=True)
+        while in_flight:
+            collect(in_flight.pop(0))
     finally:
         prefetcher.close()
         saver.close()

@@ -122,6 +122,7 @@ def preprocess(frames: torch.Tensor, size: int, normalize: str, out_dtype: torch
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.contiguous()  # interpolate keeps the decoder's channels-last strides; the model wants NCHW
     if normalize == "clip":
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
@@ -132,9 +133,11 @@ def preprocess(frames: torch.Tensor, size: int, normalize: str, out_dtype: torch
 class ClipAssembler:
     """Slides clip windows over a stream of preprocessed frames of one video.
 
-    Frames arrive in increasing index order; `push` returns the clips completed by them as
-    (clip numbers, tensor (k, 3, T, S, S)) and drops frames no later clip needs, so memory
-    holds at most one clip span plus one chunk."""
+    Frames (n, 3, S, S) arrive in increasing index order; `push` returns the clips they
+    complete, as (clip numbers, list of (T, 3, S, S) tensors: views into the frame buffer
+    where the clip's frames are consecutive), and drops frames no later clip needs, so
+    memory holds at most one clip span plus one chunk. No index tensor is sent to the
+    device: building clips never waits for the GPU."""
 
     def __init__(self, starts: list[int], clip_len: int, num_frames: int):
         self.starts, self.clip_len, self.num_frames = starts, clip_len, num_frames
@@ -146,23 +149,35 @@ class ClipAssembler:
     def done(self) -> bool:
         return self.next_clip >= len(self.starts)
 
-    def push(self, index: np.ndarray, frames: torch.Tensor) -> tuple[list[int], Optional[torch.Tensor]]:
+    def push(self, index: np.ndarray, frames: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
         self.frames = frames if self.frames is None else torch.cat([self.frames, frames])
         self.index = np.concatenate([self.index, index])
-        ready, rows = [], []
+        nums, clips = [], []
         while not self.done:
             want = clip_frame_indices(self.starts[self.next_clip], self.clip_len, self.num_frames)
             if self.index.size == 0 or self.index[-1] < want[-1]:
                 break
-            rows.append(np.searchsorted(self.index, want))
-            ready.append(self.next_clip)
+            clips.append(self._gather(np.searchsorted(self.index, want)))
+            nums.append(self.next_clip)
             self.next_clip += 1
-        clips = None
-        if rows:
-            pos = torch.from_numpy(np.stack(rows)).to(self.frames.device)
-            clips = self.frames[pos].permute(0, 2, 1, 3, 4)  # (k, T, 3, S, S) -> (k, 3, T, S, S)
         keep_from = self.starts[self.next_clip] if not self.done else self.num_frames
         cut = int(np.searchsorted(self.index, keep_from))
         if cut:
             self.frames, self.index = self.frames[cut:], self.index[cut:]
-        return ready, clips
+        return nums, clips
+
+    def _gather(self, pos: np.ndarray) -> torch.Tensor:
+        """Frames at buffer positions `pos` (non-decreasing): runs of consecutive positions
+        become slices, repeats (the padding of a short video) become expanded views."""
+        parts, a = [], 0
+        while a < len(pos):
+            b = a + 1
+            while b < len(pos) and pos[b] == pos[b - 1] + 1:
+                b += 1
+            parts.append(self.frames[int(pos[a]):int(pos[b - 1]) + 1])
+            a = b
+            while a < len(pos) and pos[a] == pos[a - 1]:  # repeated frame
+                a += 1
+            if a > b:
+                parts.append(self.frames[int(pos[b - 1]):int(pos[b - 1]) + 1].expand(a - b, *self.frames.shape[1:]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
