@@ -1,27 +1,24 @@
 #!/usr/bin/env bash
-# On a GPU machine: the extractor end to end (default GPU dtype vs fp32) for the base
-# backbone.pt and a OneVision-Encoder-large HF folder, then model-only settings.
-# Usage: bash bench/gpu_validate.sh VIDEO_DIR OUT_DIR [model_speed settings]
+# On a GPU machine: feat_extraction end to end, default GPU dtype against fp32, for a random
+# base backbone.pt and a random OneVision-Encoder-large HF folder, on a generated
+# charades-like corpus. Usage: bash bench/gpu_validate.sh WORK_DIR OUT_DIR
 set -uo pipefail
-videos=$1; out=$2; settings=${3:-}
+work=$1; out=$2
 export PYTHONUNBUFFERED=1
-work=$(mktemp -d)
+mkdir -p "$work"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/env.txt"
-python3 -c "import torch, decord; print('torch', torch.__version__, 'decord', decord.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$out/env.txt"
-python3 bench/checkpoints.py "$work/base.pt" --variant llava_vit_base_ln
-python3 bench/checkpoints.py "$work/hf_large" --variant hf_large
-common=(--data_set charades --data_path "$videos")
-echo "== base, defaults (bf16, compiled)"
-python3 feat_extraction.py "${common[@]}" --save_path "$work/base_default" --ckpt_path "$work/base.pt" 2>&1 | tee "$out/base_default.log"
-echo "== base, fp32 reference"
-python3 feat_extraction.py "${common[@]}" --save_path "$work/base_fp32" --ckpt_path "$work/base.pt" --dtype fp32 --no-compile 2>&1 | tee "$out/base_fp32.log"
+python3 -c "import torch, decord; print('torch', torch.__version__, 'decord', decord.__version__)" | tee -a "$out/env.txt"
+python3 bench/corpus.py "$work/charades" --kind charades --count 6 --seconds 30 > /dev/null
+[ -e "$work/base.pt" ] || python3 bench/checkpoints.py "$work/base.pt" --variant llava_vit_base_ln
+[ -e "$work/hf_large" ] || python3 bench/checkpoints.py "$work/hf_large" --variant hf_large
+run() {  # name, extra flags...
+  local name=$1; shift
+  echo "== $name: python3 feat_extraction.py --data_set charades --data_path CORPUS --save_path OUT $*"
+  python3 feat_extraction.py --data_set charades --data_path "$work/charades" --save_path "$work/$name" --overwrite "$@" 2>&1 | grep -v '^\[R0\] charades' | tee "$out/$name.log"
+}
+run base_default --ckpt_path "$work/base.pt"
+run base_fp32 --ckpt_path "$work/base.pt" --dtype fp32 --no-compile
 python3 bench/compare.py "$work/base_default" "$work/base_fp32" | tee "$out/base_cosine.txt"
-echo "== HF large, defaults"
-python3 feat_extraction.py "${common[@]}" --save_path "$work/hf_default" --ckpt_path "$work/hf_large" 2>&1 | tee "$out/hf_default.log"
-echo "== HF large, fp32 reference"
-python3 feat_extraction.py "${common[@]}" --save_path "$work/hf_fp32" --ckpt_path "$work/hf_large" --dtype fp32 --no-compile 2>&1 | tee "$out/hf_fp32.log"
+run hf_default --ckpt_path "$work/hf_large"
+run hf_fp32 --ckpt_path "$work/hf_large" --dtype fp32 --no-compile
 python3 bench/compare.py "$work/hf_default" "$work/hf_fp32" | tee "$out/hf_cosine.txt"
-if [ -n "$settings" ]; then
-  echo "== model only"
-  python3 bench/model_speed.py --settings "$settings" --json "$out/model_speed.jsonl" 2>&1 | tee "$out/model_speed.log"
-fi

@@ -59,9 +59,12 @@ def video_dir(tmp_path_factory):
     return d
 
 
-def original_clip_features(video: Path, model, clip_len: int, stride: int) -> np.ndarray:
+def original_clip_features(video: Path, model, clip_len: int, stride: int, normalize: bool = False,
+                           t_pos=None) -> np.ndarray:
     """The original script's per-clip path: decord get_batch per clip, float/255, bilinear
-    resize to 224, the model in fp32."""
+    resize to 224 (then CLIP mean/std if asked), the model in fp32."""
+    from extractor.video import CLIP_MEAN, CLIP_STD
+
     import decord
     import torch.nn.functional as F
 
@@ -74,6 +77,8 @@ def original_clip_features(video: Path, model, clip_len: int, stride: int) -> np
         frames = torch.from_numpy(vr.get_batch(idx).asnumpy())  # (T, H, W, 3)
         x = frames.permute(3, 0, 1, 2).float() / 255.0  # (3, T, H, W)
         x = F.interpolate(x.permute(1, 0, 2, 3), size=(224, 224), mode="bilinear", align_corners=False)
+        if normalize:
+            x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         with torch.no_grad():
-            rows.append(model(x.permute(1, 0, 2, 3).unsqueeze(0))["head_output"][0])
+            rows.append(model(x.permute(1, 0, 2, 3).unsqueeze(0), t_pos)["head_output"][0])
     return torch.stack(rows).numpy()

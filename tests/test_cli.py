@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_CKPT, original_clip_features, run_cli, tiny_args, write_audio_only
+from conftest import HF_TINY, TINY_CKPT, original_clip_features, run_cli, tiny_args, write_audio_only
 from extractor.checkpoints import build_from_checkpoint, read_checkpoint
 from extractor.demo import write_video
 
@@ -194,3 +194,41 @@ def test_compiled_static_batches_match_eager(video_dir, tmp_path):
     assert "compiled" in compiled.stdout
     for f in sorted((tmp_path / "eager").glob("*.npy")):
         np.testing.assert_allclose(np.load(tmp_path / "compiled" / f.name), np.load(f), rtol=1e-4, atol=1e-5)
+
+
+def test_hugging_face_folder_end_to_end(video_dir, tmp_path):
+    """A OneVision-Encoder folder: architecture from config.json, spread64 positions by
+    default, with --normalize clip the release's own video path."""
+    import torch
+
+    from extractor.model import temporal_positions
+
+    argv = tiny_args(video_dir, tmp_path / "hf", "--normalize", "clip")
+    argv[argv.index("--ckpt_path") + 1] = HF_TINY
+    argv[argv.index("--model_name") + 1] = "llava_vit_large_ln"
+    res = run_cli(*argv)
+    assert res.returncode == 0, res.stderr
+    assert "--model_name llava_vit_large_ln ignored" in res.stderr
+    assert "normalize clip | temporal positions spread64" in res.stdout
+    model = build_from_checkpoint(read_checkpoint(HF_TINY, None))
+    feats = np.load(tmp_path / "hf" / "long_one.npy")
+    ref = original_clip_features(video_dir / "long_one.mp4", model, 16, 4, normalize=True,
+                                 t_pos=temporal_positions(16, "spread64"))
+    assert feats.shape == (7, 128) and rel_err(feats, ref) < 1e-5
+    res = run_cli(*argv[:argv.index("--save_path") + 1], tmp_path / "contig",
+                  *argv[argv.index("--save_path") + 2:], "--temporal_positions", "contiguous")
+    assert res.returncode == 0 and "temporal positions contiguous" in res.stdout
+    contiguous = np.load(tmp_path / "contig" / "long_one.npy")
+    ref_contiguous = original_clip_features(video_dir / "long_one.mp4", model, 16, 4, normalize=True,
+                                            t_pos=torch.arange(16))
+    assert rel_err(contiguous, ref_contiguous) < 1e-5 and rel_err(contiguous, ref) > 1e-5
+
+
+def test_folder_that_is_not_a_model(tmp_path, video_dir):
+    bad = tmp_path / "not_a_model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "bert"}')
+    argv = tiny_args(video_dir, tmp_path / "out")
+    argv[argv.index("--ckpt_path") + 1] = bad
+    res = run_cli(*argv)
+    assert res.returncode == 2 and "not 'onevision_encoder'" in res.stderr
