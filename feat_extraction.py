@@ -58,12 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--suffix", default="", help="output file name suffix (before the extension)")
     io.add_argument("--ext", default="npy", choices=["npy", "pt"], help="output format/extension")
     m = p.add_argument_group("model")
-    m.add_argument("--model_type", default="llavavit", choices=["llavavit"], help="backbone family")
+    m.add_argument("--model_type", default="llavavit", choices=["llavavit", "dinov3"],
+                   help="backbone family: llavavit (video encoder) or dinov3 (image model from a local Hugging Face "
+                        "folder, run per frame and averaged over the clip)")
     m.add_argument("--model_name", default="llava_vit_base_ln", choices=[*VARIANTS, "auto"],
                    help="architecture of a backbone.pt checkpoint ('auto': read it off the checkpoint's shapes); "
                         "ignored for Hugging Face folders, whose config.json gives it")
     m.add_argument("--ckpt_path", type=Path,
-                   help="backbone.pt state dict (.pt/.pth/.safetensors) or a OneVision-Encoder Hugging Face folder")
+                   help="llavavit: backbone.pt state dict (.pt/.pth/.safetensors) or a OneVision-Encoder Hugging Face "
+                        "folder; dinov3: a local Hugging Face model folder (never downloaded)")
     m.add_argument("--model_key", default=None,
                    help="key of the state dict inside the checkpoint (default: unwrap model/state_dict/module)")
     m.add_argument("--temporal_positions", choices=["contiguous", "spread64"], default=None,
@@ -72,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("clips and preprocessing")
     c.add_argument("--clip_len", type=positive_int, help="frames per clip (overrides the preset)")
     c.add_argument("--stride", type=positive_int, help="frames between clip starts (overrides the preset)")
-    c.add_argument("--normalize", choices=["none", "clip"], default="none",
-                   help="'none' reproduces the original script (RGB/255); 'clip' applies CLIP mean/std")
+    c.add_argument("--normalize", choices=["none", "clip"], default=None,
+                   help="llavavit default 'none' reproduces the original script (RGB/255); 'clip' applies CLIP "
+                        "mean/std. dinov3 default: the folder's preprocessor_config.json")
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available, else cpu")
     r.add_argument("--world_size", type=positive_int, default=None,
@@ -94,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace):
-    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, ckpt)."""
+    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone)."""
     import torch
 
-    from extractor.checkpoints import CheckpointError, read_checkpoint
+    from extractor.backbones import open_backbone
+    from extractor.checkpoints import CheckpointError
     from extractor.pipeline import RunConfig
     from extractor.video import VIDEO_EXTENSIONS, list_videos
 
@@ -139,51 +144,49 @@ def resolve(args: argparse.Namespace):
             annotated_videos(args.anno_file)
         except (OSError, ValueError) as e:
             raise UsageError(f"--anno_file {args.anno_file}: {e}") from None
+    cfg = RunConfig(
+        save_path=args.save_path, ckpt_path=args.ckpt_path, model_type=args.model_type, model_name=args.model_name,
+        model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
+        dtype=dtype, compile=compile_model, num_threads=args.num_threads, prefetch=args.prefetch,
+        parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
+        temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
     try:
-        ckpt = read_checkpoint(args.ckpt_path, args.model_name, args.model_key)
+        backbone = open_backbone(args.model_type, args.ckpt_path, cfg.backbone_options())
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     try:
         args.save_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --save_path {args.save_path}: {e.strerror}") from None
-
-    cfg = RunConfig(
-        save_path=args.save_path, ckpt_path=args.ckpt_path, model_name=args.model_name, model_key=args.model_key,
-        device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips, dtype=dtype,
-        compile=compile_model, num_threads=args.num_threads, prefetch=args.prefetch,
-        parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
-        temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
-    return cfg, videos, world_size, ckpt
+    return cfg, videos, world_size, backbone
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg, videos, world_size, ckpt = resolve(args)
+        cfg, videos, world_size, backbone = resolve(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from extractor.launch import RunSummary, launch
     from extractor.outputs import annotated_videos, check_existing, write_failed, write_missing
 
-    if ckpt.note:
-        print(f"note: {ckpt.note}", file=sys.stderr)
+    if backbone.note:
+        print(f"note: {backbone.note}", file=sys.stderr)
     summary = RunSummary()
     todo = []
     for video in videos:
         out = cfg.output_path(video)
         if out.exists() and not args.overwrite:
-            problem = check_existing(out, ckpt.config.width)
+            problem = check_existing(out, backbone.width)
             if problem is None:
                 summary.skipped += 1
                 continue
             print(f"warning: {out.name} {problem}: recomputing", file=sys.stderr)
         todo.append(video)
-    rule = cfg.temporal_positions or ckpt.default_temporal_positions
     print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} x{world_size} "
           f"| {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} frames, stride {cfg.stride} "
-          f"| batch {cfg.batch_clips} | normalize {cfg.normalize} | temporal positions {rule}")
+          f"| batch {cfg.batch_clips} | {backbone.description} | {backbone.preprocessing.describe()}")
     if todo:
         try:
             launch(cfg, todo, world_size, summary)

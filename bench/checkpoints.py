@@ -60,9 +60,26 @@ def random_hf_folder(folder: Path, width=1024, layers=24, heads=16, mlp=4096, pa
     return folder
 
 
+def random_dinov3_folder(folder: Path, width=768, layers=12, heads=12, mlp=3072, registers=4, seed=0) -> Path:
+    """A DINOv3-base-sized (ViT-B/16, 4 registers) random model, saved by transformers."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(seed)
+    config = DINOv3ViTConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=mlp, patch_size=16, image_size=224, num_register_tokens=registers)
+    DINOv3ViTModel(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
+         "image_std": [0.229, 0.224, 0.225], "do_normalize": True}))
+    return folder
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--variant", default="llava_vit_base_ln", help="a backbone.pt variant, or 'hf_large'")
+    ap.add_argument("--variant", default="llava_vit_base_ln",
+                    help="a backbone.pt variant, 'hf_large' (OneVision-Encoder-large folder) or 'dinov3_base'")
     a = ap.parse_args()
-    print(random_hf_folder(a.out) if a.variant == "hf_large" else random_backbone(a.out, a.variant))
+    make = {"hf_large": random_hf_folder, "dinov3_base": random_dinov3_folder}.get(
+        a.variant, lambda out: random_backbone(out, a.variant))
+    print(make(a.out))

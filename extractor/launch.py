@@ -32,7 +32,7 @@ class RunSummary:
     decode_s: float = 0.0
     model_s: float = 0.0
     save_s: float = 0.0
-    temporal_positions: Optional[str] = None
+    backbone: Optional[str] = None
 
 
 def order_longest_first(videos: list[Path]) -> list[Path]:
@@ -71,7 +71,7 @@ class Progress:
         if kind == "claimed":
             self.held.setdefault(rank, set()).add(name)
         elif kind == "ready":
-            s.temporal_positions = ev["temporal_positions"]
+            s.backbone = ev["backbone"]
             if self.t_ready is None:
                 self.t_ready = time.perf_counter()
                 s.startup_s = self.t_ready - self.t0

@@ -14,8 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .checkpoints import build_from_checkpoint, read_checkpoint
-from .model import temporal_positions
+from .backbones import BackboneOptions, open_backbone
 from .outputs import output_name, save_features
 from .video import ClipAssembler, DecodeError, VideoDecoder, clip_starts, needed_frames, preprocess
 
@@ -26,6 +25,7 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "
 class RunConfig:
     save_path: Path
     ckpt_path: Path
+    model_type: str = "llavavit"
     model_name: Optional[str] = "llava_vit_base_ln"
     model_key: Optional[str] = None
     device: str = "cpu"
@@ -38,12 +38,14 @@ class RunConfig:
     prefetch: int = 8  # decoded chunks in flight per worker
     parallel_videos: int = 1  # videos decoded at once per worker
     chunk_frames: int = 32
-    normalize: str = "none"
+    normalize: Optional[str] = None  # None: the backbone's default
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
-    image_size: int = 224
     prefix: str = ""
     suffix: str = ""
     ext: str = "npy"
+
+    def backbone_options(self) -> BackboneOptions:
+        return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)
 
     def output_path(self, video: Path) -> Path:
         return self.save_path / output_name(video.stem, self.prefix, self.suffix, self.ext)
@@ -189,21 +191,17 @@ class Engine:
 
     def __init__(self, cfg: RunConfig, device: torch.device, report: Report):
         self.cfg, self.device, self.report = cfg, device, report
-        ckpt = read_checkpoint(cfg.ckpt_path, cfg.model_name, cfg.model_key)
-        self.width = ckpt.config.width
-        self.rule = cfg.temporal_positions or ckpt.default_temporal_positions
-        self.t_pos = temporal_positions(cfg.clip_len, self.rule, device)
+        backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
+        self.width, self.preprocessing, self.description = backbone.width, backbone.preprocessing, backbone.description
         self.dtype = DTYPES[cfg.dtype]
         self.cuda = device.type == "cuda"
         if self.cuda:
             allow = cfg.dtype == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = allow
             torch.backends.cudnn.allow_tf32 = allow
-        model = build_from_checkpoint(ckpt).to(device=device, dtype=self.dtype)
-        grid = cfg.image_size // ckpt.config.patch_size
-        self.cos, self.sin = model.rope_tables(self.t_pos, grid, grid)
-        self.encode = torch.compile(model.encode) if cfg.compile else model.encode
-        self.clip_shape = (cfg.clip_len, 3, cfg.image_size, cfg.image_size)  # (T, 3, S, S) per clip
+        clip_features = backbone.build(device, self.dtype)
+        self.encode = torch.compile(clip_features) if cfg.compile else clip_features
+        self.clip_shape = (cfg.clip_len, 3, *self.preprocessing.size)  # (T, 3, H, W) per clip
         self.batch = cfg.batch_clips
         # A compiled model sees one input tensor, always the same shape and strides: clips
         # are stacked into this buffer and a last partial batch runs on stale rows.
@@ -221,7 +219,7 @@ class Engine:
             x = self.buffer
         else:
             x = torch.stack(clips)
-        return self.encode(x.transpose(1, 2), self.cos, self.sin)["head_output"][:n].float()
+        return self.encode(x)[:n].float()
 
     @torch.inference_mode()
     def submit(self, clips: list) -> list:
@@ -271,7 +269,7 @@ class Engine:
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report) -> None:
     """Claims videos until none are left, writing one feature file per video."""
     engine = Engine(cfg, device, report)
-    report({"type": "ready", "temporal_positions": engine.rule, "width": engine.width})
+    report({"type": "ready", "backbone": engine.description, "width": engine.width})
     saver = Saver(cfg, report)
     prefetcher = ClipPrefetcher(cfg, claim, report, pin=engine.cuda)
     copy_stream = torch.cuda.Stream(device) if engine.cuda else None
@@ -324,7 +322,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.num_frames)
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
             elif kind == "frames":
-                x = preprocess(to_device(event[3]), cfg.image_size, cfg.normalize, engine.dtype)
+                x = preprocess(to_device(event[3]), engine.preprocessing, engine.dtype)
                 nums, clips = job.assembler.push(event[2], x)
                 pending.extend((job, num, clip) for num, clip in zip(nums, clips))
                 launch(final=False)

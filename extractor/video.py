@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from .backbones import Preprocessing
+
 VIDEO_EXTENSIONS = {
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".mts",
 }
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class DecodeError(Exception):
@@ -113,19 +114,19 @@ def first_line(e: BaseException) -> str:
     return msg[:200]
 
 
-def preprocess(frames: torch.Tensor, size: int, normalize: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (n, H, W, 3) -> (n, 3, size, size): RGB/255, bilinear resize (align_corners=False,
-    no antialias) in float32, optionally CLIP mean/std; cast to out_dtype last.
+def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> (n, 3, h, w): RGB/255, bilinear resize (align_corners=False;
+    antialiased only if the backbone asks) in float32, optional mean/std; out_dtype last.
 
-    This is the original script's preprocessing, frame by frame; done wherever `frames`
-    lives (on the GPU in a CUDA run)."""
+    For LLaVA-ViT this is the original script's preprocessing, frame by frame; it runs
+    wherever `frames` lives (on the GPU in a CUDA run)."""
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if tuple(x.shape[-2:]) != tuple(prep.size):
+        x = F.interpolate(x, size=prep.size, mode="bilinear", align_corners=False, antialias=prep.antialias)
     x = x.contiguous()  # interpolate keeps the decoder's channels-last strides; the model wants NCHW
-    if normalize == "clip":
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    if prep.mean is not None:
+        mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
         x = (x - mean) / std
     return x.to(out_dtype)
 

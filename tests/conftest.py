@@ -63,7 +63,7 @@ def original_clip_features(video: Path, model, clip_len: int, stride: int, norma
                            t_pos=None) -> np.ndarray:
     """The original script's per-clip path: decord get_batch per clip, float/255, bilinear
     resize to 224 (then CLIP mean/std if asked), the model in fp32."""
-    from extractor.video import CLIP_MEAN, CLIP_STD
+    from extractor.backbones import CLIP_MEAN, CLIP_STD
 
     import decord
     import torch.nn.functional as F
