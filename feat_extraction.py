@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (auto: bf16 on cuda, fp32 on cpu)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for cuda, off for cpu)")
-    r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video")
+    r.add_argument("--decoder", choices=["cpu", "nvdec"], default="cpu",
+                   help="cpu: decord/FFmpeg (reproduces the original pixels); nvdec: the GPU's video decoder through "
+                        "PyNvVideoCodec, for presets the CPU cannot decode fast enough")
+    r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video (cpu decoder)")
     r.add_argument("--parallel_videos", type=positive_int, default=None,
                    help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
     r.add_argument("--prefetch", type=positive_int, default=8, help="decoded frame chunks queued per worker")
@@ -133,6 +136,13 @@ def resolve(args: argparse.Namespace):
     if dtype == "tf32" and device != "cuda":
         raise UsageError("--dtype tf32 needs --device cuda (TF32 is a GPU matrix mode)")
     compile_model = args.compile if args.compile is not None else device == "cuda"
+    if args.decoder == "nvdec":
+        if device != "cuda":
+            raise UsageError("--decoder nvdec needs --device cuda")
+        try:
+            import PyNvVideoCodec  # noqa: F401
+        except ImportError:
+            raise UsageError("--decoder nvdec needs the PyNvVideoCodec package (pip install PyNvVideoCodec)") from None
 
     videos = list_videos(args.data_path)
     if not videos:
@@ -147,7 +157,7 @@ def resolve(args: argparse.Namespace):
     cfg = RunConfig(
         save_path=args.save_path, ckpt_path=args.ckpt_path, model_type=args.model_type, model_name=args.model_name,
         model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
-        dtype=dtype, compile=compile_model, num_threads=args.num_threads, prefetch=args.prefetch,
+        dtype=dtype, compile=compile_model, decoder=args.decoder, num_threads=args.num_threads, prefetch=args.prefetch,
         parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
     try:
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
         todo.append(video)
     print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} x{world_size} "
           f"| {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} frames, stride {cfg.stride} "
-          f"| batch {cfg.batch_clips} | {backbone.description} | {backbone.preprocessing.describe()}")
+          f"| batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} | {backbone.preprocessing.describe()}")
     if todo:
         try:
             launch(cfg, todo, world_size, summary)

@@ -163,6 +163,7 @@ def main():
     ap.add_argument("--parallel_videos", type=int, default=None)
     ap.add_argument("--num_threads", type=int, default=4)
     ap.add_argument("--batch_clips", type=int, default=64)
+    ap.add_argument("--decoder", choices=["cpu", "nvdec"], default="cpu", help="our pipeline's decoder")
     a = ap.parse_args()
 
     device = torch.device("cpu" if a.quick or not torch.cuda.is_available() else "cuda")
@@ -182,7 +183,7 @@ def main():
         cfg = RunConfig(save_path=work / f"out_{corpus}", ckpt_path=ckpt, model_name="auto", device=device.type,
                         stride=preset_stride, batch_clips=a.batch_clips,
                         dtype="bf16" if device.type == "cuda" else "fp32", compile=device.type == "cuda",
-                        num_threads=a.num_threads,
+                        num_threads=a.num_threads, decoder=a.decoder,
                         parallel_videos=a.parallel_videos or (3 if device.type == "cuda" else 1), prefetch=16)
         cfg.save_path.mkdir(parents=True, exist_ok=True)
         runs = {

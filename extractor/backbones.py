@@ -157,7 +157,9 @@ class DINOv3Backbone(Backbone):
 
     def _load(self, dtype: torch.dtype):
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         model, info = AutoModel.from_pretrained(str(self.path), local_files_only=True, trust_remote_code=False,
                                                 dtype=dtype, output_loading_info=True)
         return model, info

@@ -16,7 +16,7 @@ import torch
 
 from .backbones import BackboneOptions, open_backbone
 from .outputs import output_name, save_features
-from .video import ClipAssembler, DecodeError, VideoDecoder, clip_starts, needed_frames, preprocess
+from .video import ClipAssembler, DecodeError, NvdecDecoder, VideoDecoder, clip_starts, needed_frames, preprocess
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,6 +34,7 @@ class RunConfig:
     batch_clips: int = 64
     dtype: str = "fp32"
     compile: bool = False
+    decoder: str = "cpu"  # "cpu" (decord/FFmpeg) or "nvdec" (the GPU's video decoder)
     num_threads: int = 4  # decoder threads per video
     prefetch: int = 8  # decoded chunks in flight per worker
     parallel_videos: int = 1  # videos decoded at once per worker
@@ -76,8 +77,9 @@ class ClipPrefetcher:
     chunks, and puts them on one bounded queue; the bound keeps memory flat whatever the
     video's length. decord releases the GIL while it decodes, so threads run in parallel."""
 
-    def __init__(self, cfg: RunConfig, claim: Claim, report: Report, pin: bool):
-        self.cfg, self.claim, self.report, self.pin = cfg, claim, report, pin
+    def __init__(self, cfg: RunConfig, claim: Claim, report: Report, device: torch.device):
+        self.cfg, self.claim, self.report, self.device = cfg, claim, report, device
+        self.pin = device.type == "cuda" and cfg.decoder == "cpu"
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, daemon=True, name=f"decoder{i}")
@@ -95,6 +97,8 @@ class ClipPrefetcher:
         return False
 
     def _loop(self):
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the current device is per thread
         try:
             while not self.stop.is_set():
                 path = self.claim()
@@ -108,7 +112,10 @@ class ClipPrefetcher:
         cfg = self.cfg
         t0 = time.perf_counter()
         try:
-            dec = VideoDecoder(job.path, cfg.num_threads)
+            if cfg.decoder == "nvdec":
+                dec = NvdecDecoder(job.path, self.device.index or 0)
+            else:
+                dec = VideoDecoder(job.path, cfg.num_threads)
             job.num_frames, job.fps = dec.info.num_frames, dec.info.fps
             job.starts = clip_starts(job.num_frames, cfg.clip_len, cfg.stride)
             if job.num_frames < cfg.clip_len:
@@ -271,7 +278,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     engine = Engine(cfg, device, report)
     report({"type": "ready", "backbone": engine.description, "width": engine.width})
     saver = Saver(cfg, report)
-    prefetcher = ClipPrefetcher(cfg, claim, report, pin=engine.cuda)
+    prefetcher = ClipPrefetcher(cfg, claim, report, device)
     copy_stream = torch.cuda.Stream(device) if engine.cuda else None
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
     in_flight: list = []  # submitted batches whose features are not back yet
@@ -304,7 +311,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 collect(in_flight.pop(0))
 
     def to_device(frames: torch.Tensor) -> torch.Tensor:
-        if copy_stream is None:
+        if copy_stream is None or frames.is_cuda:
             return frames
         with torch.cuda.stream(copy_stream):  # uint8 upload on its own stream, beside compute
             gpu = frames.to(device, non_blocking=True)

@@ -108,6 +108,54 @@ class VideoDecoder:
             yield idx, frames
 
 
+class NvdecDecoder:
+    """The GPU's video decoder (NVDEC, through PyNvVideoCodec): frames come out as RGB uint8
+    (n, H, W, 3) tensors already on the GPU. Same interface as VideoDecoder. Its YUV->RGB
+    conversion is NVIDIA's, not FFmpeg's, so pixels (and features) differ slightly from the
+    CPU decoder's; use it where the CPU cannot decode fast enough."""
+
+    def __init__(self, path: Path, gpu_id: int):
+        self.path = path
+        if path.is_dir():
+            raise DecodeError("is a directory")
+        try:
+            if path.stat().st_size == 0:
+                raise DecodeError("empty file (0 bytes)")
+        except OSError as e:
+            raise DecodeError(f"cannot stat file: {e.strerror}") from None
+        if not os.access(path, os.R_OK):
+            raise DecodeError("permission denied")
+        import PyNvVideoCodec as nvc
+
+        try:
+            self.decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu_id, use_device_memory=True,
+                                             output_color_type=nvc.OutputColorType.RGB)
+            meta = self.decoder.get_stream_metadata()
+            self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps), int(meta.height), int(meta.width))
+        except Exception as e:
+            raise DecodeError(f"not decodable by NVDEC ({first_line(e)})") from None
+        if self.info.num_frames <= 0:
+            raise DecodeError("no video frames")
+
+    def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Decodes forward from frame 0 in chunks, keeping the frames in `indices`."""
+        position, last = 0, int(indices[-1]) if len(indices) else -1
+        while position <= last:
+            try:
+                frames = self.decoder.get_batch_frames(chunk_size)
+            except Exception as e:
+                raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
+            if not frames:
+                raise DecodeError(f"stream ended at frame {position} of {self.info.num_frames}")
+            ids = np.arange(position, position + len(frames))
+            position += len(frames)
+            keep = np.isin(ids, indices)
+            if keep.any():
+                # copy out of the decoder's surfaces, which the next call reuses
+                batch = torch.stack([torch.from_dlpack(f) for f, k in zip(frames, keep) if k])
+                yield ids[keep], batch
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     msg = text[0] if text else type(e).__name__

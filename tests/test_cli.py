@@ -114,6 +114,7 @@ def test_undecodable_files_are_recorded_and_the_rest_processed(video_dir, tmp_pa
     ("missing_ckpt", "checkpoint not found"),
     ("unfitting_ckpt", "does not fit llava_vit_base_ln"),
     ("tf32_on_cpu", "needs --device cuda"),
+    ("nvdec_on_cpu", "--decoder nvdec needs --device cuda"),
     ("no_preset_no_stride", "give --data_set"),
     ("zero_batch", "must be at least 1"),
     ("bad_anno", "--anno_file"),
@@ -132,6 +133,7 @@ def test_bad_invocations_exit_2_with_one_line(video_dir, tmp_path, case, words):
         "missing_ckpt": dict(base, ckpt=tmp_path / "none.pt"),
         "unfitting_ckpt": dict(base, extra=["--model_name", "llava_vit_base_ln"]),
         "tf32_on_cpu": dict(base, extra=["--dtype", "tf32"]),
+        "nvdec_on_cpu": dict(base, extra=["--decoder", "nvdec"]),
         "zero_batch": dict(base, extra=["--batch_clips", "0"]),
         "bad_anno": dict(base, extra=["--anno_file", tmp_path / "missing.json"]),
     }.get(case, base)
