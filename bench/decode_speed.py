@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import make_corpus  # noqa: E402
-from extractor.video import VideoDecoder, clip_starts, needed_frames  # noqa: E402
+from extractor.video import NvdecDecoder, VideoDecoder, clip_starts, needed_frames  # noqa: E402
 
 
 def decode_one(args) -> int:
-    path, threads, stride, pin = args
-    dec = VideoDecoder(Path(path), threads)
+    path, threads, stride, pin, nvdec = args
+    dec = NvdecDecoder(Path(path), 0) if nvdec else VideoDecoder(Path(path), threads)
     n = 0
     for _, frames in dec.chunks(needed_frames(clip_starts(dec.info.num_frames, 16, stride), 16,
                                               dec.info.num_frames), 32):
@@ -32,10 +32,11 @@ def decode_one(args) -> int:
 
 
 def measure(videos, workers: int, threads: int, stride: int, kind: str, pin: bool) -> float:
-    pool = (ThreadPoolExecutor if kind == "threads" else ProcessPoolExecutor)(max_workers=workers)
+    """kind: threads or processes (CPU decoder), nvdec (the GPU's decoder, in threads)."""
+    pool = (ProcessPoolExecutor if kind == "processes" else ThreadPoolExecutor)(max_workers=workers)
     t0 = time.perf_counter()
     with pool:
-        frames = sum(pool.map(decode_one, [(str(v), threads, stride, pin) for v in videos]))
+        frames = sum(pool.map(decode_one, [(str(v), threads, stride, pin, kind == "nvdec") for v in videos]))
     return frames / (time.perf_counter() - t0)
 
 
@@ -48,6 +49,8 @@ if __name__ == "__main__":
     ap.add_argument("--grid", default="threads:1x1,threads:4x1,threads:8x1,threads:16x1,threads:8x2,"
                                       "processes:8x1,processes:16x1,threads:16x1pin")
     a = ap.parse_args()
+    if any(item.startswith("nvdec") for item in a.grid.split(",")):
+        import PyNvVideoCodec  # noqa: F401  (before threads; and decord must not load beside it)
     videos = make_corpus(a.work / a.kind, a.kind, a.count, a.seconds)
     stride = 4 if a.kind == "charades" else 16
     for item in a.grid.split(","):

@@ -11,12 +11,13 @@ i=0; for rep in 1 2 3 4 5 6; do for f in "$src"/*.mp4; do cp "$f" "$work/hacs/$(
 n=$i
 python3 -c "import PyNvVideoCodec as n; print('PyNvVideoCodec', n.__version__)" 2>&1 | tail -1 | tee "$out/env.txt"
 common=(--corpora hacs --videos $n --work "$work" --skip original_fp32_b20,original_planned)
-echo "== cpu decoder, 16 videos x 1 thread"
-python3 bench/run.py "${common[@]}" --parallel_videos 16 --num_threads 1 --json "$out/hacs_cpu.json" 2>&1 | grep -v '^\[R0\]' | tail -4 | tee "$out/hacs_cpu.log"
+[ -n "${SKIP_CPU:-}" ] || { echo "== cpu decoder, 16 videos x 1 thread"
+python3 bench/run.py "${common[@]}" --parallel_videos 16 --num_threads 1 --json "$out/hacs_cpu.json" 2>&1 | grep -v '^\[R0\]' | tail -4 | tee "$out/hacs_cpu.log"; }
 for pv in 4 7; do
   echo "== nvdec, $pv videos at once"
-  python3 bench/run.py "${common[@]}" --skip original_fp32_b20,original_planned,ours_model_only --decoder nvdec --parallel_videos $pv --json "$out/hacs_nvdec_$pv.json" 2>&1 | grep -v '^\[R0\]' | tail -3 | tee "$out/hacs_nvdec_$pv.log"
+  python3 bench/run.py "${common[@]}" --skip original_fp32_b20,original_planned,ours_model_only --decoder nvdec --parallel_videos $pv --json "$out/hacs_nvdec_$pv.json" > "$out/hacs_nvdec_$pv.log" 2>&1; grep -v "^\[R0\]" "$out/hacs_nvdec_$pv.log" | tail -25
 done
+[ -n "${SKIP_FEATURES:-}" ] && exit 0
 echo "== NVDEC features (default dtype) against the CPU decoder in fp32"
 ckpt="$work/model.pt"
 python3 feat_extraction.py --data_set hacs --data_path "$src" --save_path "$work/ref_fp32" --ckpt_path "$ckpt" --model_name auto --dtype fp32 --no-compile 2>&1 | tail -1

@@ -27,6 +27,7 @@ class RunSummary:
     skipped: int = 0
     failed: dict = field(default_factory=dict)  # name -> reason
     clips: int = 0
+    video_s: float = 0.0  # duration of the videos done (frames / fps)
     wall_s: float = 0.0
     startup_s: float = 0.0  # until the first worker had its model loaded (and compiled)
     decode_s: float = 0.0
@@ -79,6 +80,7 @@ class Progress:
             self.held.get(rank, set()).discard(name)
             s.done += 1
             s.clips += ev["clips"]
+            s.video_s += ev["frames"] / ev["fps"] if ev["fps"] else 0.0
             s.decode_s += ev["decode_s"]
             s.model_s += ev["model_s"]
             s.save_s += ev["save_s"]

@@ -80,6 +80,8 @@ class ClipPrefetcher:
     def __init__(self, cfg: RunConfig, claim: Claim, report: Report, device: torch.device):
         self.cfg, self.claim, self.report, self.device = cfg, claim, report, device
         self.pin = device.type == "cuda" and cfg.decoder == "cpu"
+        if cfg.decoder == "nvdec":
+            import PyNvVideoCodec  # noqa: F401  (imported once here, not by several threads at once)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, daemon=True, name=f"decoder{i}")
@@ -111,6 +113,7 @@ class ClipPrefetcher:
     def _decode(self, job: VideoJob):
         cfg = self.cfg
         t0 = time.perf_counter()
+        dec = None
         try:
             if cfg.decoder == "nvdec":
                 dec = NvdecDecoder(job.path, self.device.index or 0)
@@ -127,7 +130,7 @@ class ClipPrefetcher:
                 return
             for idx, frames in self._timed(job, dec.chunks(needed_frames(job.starts, cfg.clip_len, job.num_frames),
                                                             cfg.chunk_frames)):
-                tensor = torch.from_numpy(frames)
+                tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
                 if self.pin:
                     tensor = tensor.pin_memory()
                 if not self._put(("frames", job, idx, tensor)):
@@ -137,6 +140,9 @@ class ClipPrefetcher:
             self._put(("fail", job, str(e)))
         except Exception as e:  # a decoder bug must not take the worker down
             self._put(("fail", job, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        finally:
+            if dec is not None:
+                dec.close()
 
     @staticmethod
     def _timed(job: VideoJob, it):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -107,6 +108,27 @@ class VideoDecoder:
                 raise DecodeError(f"decoder returned frames of shape {tuple(frames.shape)} for {len(idx)} indices")
             yield idx, frames
 
+    def close(self):
+        self.reader = None
+
+
+_NVDEC_LOCK = threading.Lock()  # decoder sessions are created and destroyed one at a time
+
+
+def _torch_cuda_context(gpu_id: int) -> dict:
+    """PyTorch's CUDA context and this thread's stream, for the decoder to share (where the
+    CUDA driver bindings are installed); otherwise the decoder picks its own."""
+    torch.cuda.set_device(gpu_id)
+    torch.cuda.synchronize(gpu_id)  # makes the device's primary context current in this thread
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return {}
+    err, ctx = driver.cuCtxGetCurrent()
+    if int(err) != 0 or not int(ctx):
+        return {}
+    return {"cuda_context": int(ctx), "cuda_stream": torch.cuda.current_stream(gpu_id).cuda_stream}
+
 
 class NvdecDecoder:
     """The GPU's video decoder (NVDEC, through PyNvVideoCodec): frames come out as RGB uint8
@@ -128,8 +150,10 @@ class NvdecDecoder:
         import PyNvVideoCodec as nvc
 
         try:
-            self.decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu_id, use_device_memory=True,
-                                             output_color_type=nvc.OutputColorType.RGB)
+            with _NVDEC_LOCK:
+                self.decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu_id, use_device_memory=True,
+                                                 output_color_type=nvc.OutputColorType.RGB,
+                                                 **_torch_cuda_context(gpu_id))
             meta = self.decoder.get_stream_metadata()
             self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps), int(meta.height), int(meta.width))
         except Exception as e:
@@ -154,6 +178,10 @@ class NvdecDecoder:
                 # copy out of the decoder's surfaces, which the next call reuses
                 batch = torch.stack([torch.from_dlpack(f) for f, k in zip(frames, keep) if k])
                 yield ids[keep], batch
+
+    def close(self):
+        with _NVDEC_LOCK:
+            self.decoder = None
 
 
 def first_line(e: BaseException) -> str:
