@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (auto: bf16 on cuda, fp32 on cpu)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for cuda, off for cpu)")
-    r.add_argument("--decoder", choices=["cpu", "nvdec"], default="cpu",
-                   help="cpu: decord/FFmpeg (reproduces the original pixels); nvdec: the GPU's video decoder through "
-                        "PyNvVideoCodec, for presets the CPU cannot decode fast enough")
+    r.add_argument("--decoder", choices=["cpu", "decord", "nvdec"], default="cpu",
+                   help="cpu: FFmpeg through PyAV, the original's pixels, flat memory; decord: the original's decoder "
+                        "(same pixels, but it decodes ahead without bound: short videos only); nvdec: the GPU's video "
+                        "decoder through PyNvVideoCodec, for presets the CPU cannot decode fast enough")
     r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video (cpu decoder)")
     r.add_argument("--parallel_videos", type=positive_int, default=None,
                    help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")

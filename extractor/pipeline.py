@@ -16,7 +16,8 @@ import torch
 
 from .backbones import BackboneOptions, open_backbone
 from .outputs import output_name, save_features
-from .video import ClipAssembler, DecodeError, NvdecDecoder, VideoDecoder, clip_starts, needed_frames, preprocess
+from .video import (ClipAssembler, DecodeError, DecordDecoder, NvdecDecoder, VideoDecoder, clip_starts, needed_frames,
+                    preprocess)
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,11 +35,12 @@ class RunConfig:
     batch_clips: int = 64
     dtype: str = "fp32"
     compile: bool = False
-    decoder: str = "cpu"  # "cpu" (decord/FFmpeg) or "nvdec" (the GPU's video decoder)
+    decoder: str = "cpu"  # "cpu" (FFmpeg via PyAV), "decord", or "nvdec" (the GPU's video decoder)
     num_threads: int = 4  # decoder threads per video
     prefetch: int = 8  # decoded chunks in flight per worker
     parallel_videos: int = 1  # videos decoded at once per worker
-    chunk_frames: int = 32
+    chunk_frames: int = 32  # frames per decoded chunk, at most
+    chunk_bytes: int = 64 << 20  # ... and at most this many bytes of RGB per chunk (fewer frames at 1080p+)
     normalize: Optional[str] = None  # None: the backbone's default
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
     prefix: str = ""
@@ -79,7 +81,7 @@ class ClipPrefetcher:
 
     def __init__(self, cfg: RunConfig, claim: Claim, report: Report, device: torch.device):
         self.cfg, self.claim, self.report, self.device = cfg, claim, report, device
-        self.pin = device.type == "cuda" and cfg.decoder == "cpu"
+        self.pin = device.type == "cuda" and cfg.decoder != "nvdec"
         if cfg.decoder == "nvdec":
             import PyNvVideoCodec  # noqa: F401  (imported once here, not by several threads at once)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
@@ -117,6 +119,8 @@ class ClipPrefetcher:
         try:
             if cfg.decoder == "nvdec":
                 dec = NvdecDecoder(job.path, self.device.index or 0)
+            elif cfg.decoder == "decord":
+                dec = DecordDecoder(job.path, cfg.num_threads)
             else:
                 dec = VideoDecoder(job.path, cfg.num_threads)
             job.num_frames, job.fps = dec.info.num_frames, dec.info.fps
@@ -128,8 +132,10 @@ class ClipPrefetcher:
             job.decode_s += time.perf_counter() - t0
             if not self._put(("open", job)):
                 return
+            frame_bytes = max(1, dec.info.height * dec.info.width * 3)
+            chunk = max(1, min(cfg.chunk_frames, cfg.chunk_bytes // frame_bytes))
             for idx, frames in self._timed(job, dec.chunks(needed_frames(job.starts, cfg.clip_len, job.num_frames),
-                                                            cfg.chunk_frames)):
+                                                            chunk)):
                 tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
                 if self.pin:
                     tensor = tensor.pin_memory()

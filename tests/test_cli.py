@@ -29,6 +29,14 @@ def test_features_match_the_original_per_clip_path(video_dir, tmp_path):
     assert not (tmp_path / "out" / "failed_videos.txt").exists()
 
 
+def test_decord_decoder_option_gives_the_same_features(video_dir, tmp_path):
+    default = run_cli(*tiny_args(video_dir, tmp_path / "default"))
+    decord = run_cli(*tiny_args(video_dir, tmp_path / "decord", "--decoder", "decord"))
+    assert default.returncode == 0 and decord.returncode == 0, decord.stderr
+    for f in sorted((tmp_path / "default").glob("*.npy")):
+        np.testing.assert_array_equal(np.load(tmp_path / "decord" / f.name), np.load(f))
+
+
 def test_presets_prefix_suffix_and_clip_overrides(video_dir, tmp_path):
     res = run_cli(*tiny_args(video_dir, tmp_path / "out", "--data_set", "hacs", "--prefix", "v_", "--suffix", "_f"))
     assert res.returncode == 0, res.stderr

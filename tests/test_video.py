@@ -43,3 +43,24 @@ def test_needed_frames_skip_gaps_between_clips():
     assert need.tolist() == [f for s in starts for f in range(s, s + 8)]
     assert needed_frames(clip_starts(40, 16, 4), 16, 40).tolist() == list(range(40))
     assert np.array_equal(needed_frames([0], 16, 10), np.arange(10))
+
+
+def test_pyav_decoder_gives_decords_pixels(video_dir):
+    """The default decoder (FFmpeg through PyAV, read forward) must give the original
+    script's frames: decord's get_batch, pixel for pixel, for the frames clips need."""
+    import decord
+
+    from extractor.video import DecordDecoder, VideoDecoder
+
+    for name in ("long_one.mp4", "short one.mp4"):
+        path = video_dir / name
+        reference = decord.VideoReader(str(path))
+        for stride in (4, 20):
+            dec = VideoDecoder(path, 2)
+            assert dec.info.num_frames == len(reference) and dec.info.fps == reference.get_avg_fps()
+            need = needed_frames(clip_starts(dec.info.num_frames, 16, stride), 16, dec.info.num_frames)
+            want = reference.get_batch(need.tolist()).asnumpy()
+            for decoder in (dec, DecordDecoder(path, 2)):
+                got = np.concatenate([frames for _, frames in decoder.chunks(need, 6)])
+                assert np.array_equal(got, want)
+                decoder.close()
