@@ -216,6 +216,7 @@ def main(argv=None) -> int:
           f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
           f"time split (summed over videos, "
           f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
+          f" | peak memory per worker: {summary.peak_rss_gib:.2f} GiB RAM, {summary.peak_gpu_gib:.2f} GiB GPU"
           f"{missing_note}")
     if summary.failed:
         print(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", file=sys.stderr)

@@ -30,6 +30,8 @@ class RunSummary:
     video_s: float = 0.0  # duration of the videos done (frames / fps)
     wall_s: float = 0.0
     startup_s: float = 0.0  # until the first worker had its model loaded (and compiled)
+    peak_rss_gib: float = 0.0  # largest peak resident memory of a worker process
+    peak_gpu_gib: float = 0.0  # largest peak GPU memory allocated by a worker
     decode_s: float = 0.0
     model_s: float = 0.0
     save_s: float = 0.0
@@ -96,6 +98,9 @@ class Progress:
         elif kind == "warning":
             where = f" {name}:" if name else ""
             self.say(f"[R{rank}] warning:{where} {ev['msg']}", err=True)
+        elif kind == "peak":
+            s.peak_rss_gib = max(s.peak_rss_gib, ev["rss_gib"])
+            s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
         elif kind == "fatal":
             self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
 

@@ -364,3 +364,12 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     finally:
         prefetcher.close()
         saver.close()
+    report({"type": "peak", "rss_gib": peak_rss_gib(),
+            "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0})
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
