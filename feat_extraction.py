@@ -172,6 +172,29 @@ def resolve(args: argparse.Namespace):
     return cfg, videos, world_size, backbone
 
 
+def run_record(cfg, backbone) -> dict:
+    """The settings every manifest line carries."""
+    from extractor.checkpoints import file_digest
+
+    return {
+        "clip_len": cfg.clip_len, "stride": cfg.stride,
+        "clip_start_frame": "stride * i (i = 0 .. num_clips - 1); a video shorter than clip_len: one clip at 0, "
+                            "padded with its last frame",
+        "clip_start_seconds": "clip_start_frame / fps",
+        "dtype": "float32", "model_type": backbone.model_type, "backbone": backbone.description,
+        "checkpoint": str(cfg.ckpt_path.resolve()), "checkpoint_sha256_16": file_digest(cfg.ckpt_path),
+        "preprocessing": backbone.preprocessing.describe(), "compute_dtype": cfg.dtype, "decoder": cfg.decoder,
+    }
+
+
+def video_record(ev: dict, cfg) -> dict:
+    if ev["type"] == "failed":
+        return {"video": ev["video"], "status": "failed", "reason": ev["reason"]}
+    return {"video": ev["video"], "status": "done", "path": ev["path"], "feature_file": ev["feature_file"],
+            "frames": ev["frames"], "fps": ev["fps"], "num_clips": ev["clips"], "shape": [ev["clips"], ev["width"]],
+            "seconds": round(ev["wall_s"], 3)}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -180,7 +203,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from extractor.launch import RunSummary, launch
-    from extractor.outputs import annotated_videos, check_existing, write_failed, write_missing
+    from extractor.outputs import Manifest, annotated_videos, check_existing, write_failed, write_missing
 
     if backbone.note:
         print(f"note: {backbone.note}", file=sys.stderr)
@@ -199,8 +222,9 @@ def main(argv=None) -> int:
           f"| {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} frames, stride {cfg.stride} "
           f"| batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} | {backbone.preprocessing.describe()}")
     if todo:
+        manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
         try:
-            launch(cfg, todo, world_size, summary)
+            launch(cfg, todo, world_size, summary, on_video=lambda ev: manifest.add(video_record(ev, cfg)))
         except KeyboardInterrupt:
             print("interrupted: finished feature files are kept; run the same command again to resume",
                   file=sys.stderr)

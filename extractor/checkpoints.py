@@ -36,7 +36,7 @@ class LoadedCheckpoint:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file (or of every weight file of a folder), hex, first 16 digits."""
+    """sha256 of a file (or of all the files of a folder, in name order), hex, first 16 digits."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:

@@ -51,10 +51,11 @@ def order_longest_first(videos: list[Path]) -> list[Path]:
 class Progress:
     """Receives every worker's events; one tqdm bar, one line per video, the summary."""
 
-    def __init__(self, total: int, summary: RunSummary):
+    def __init__(self, total: int, summary: RunSummary, on_video=None):
         from tqdm import tqdm
 
         self.summary = summary
+        self.on_video = on_video  # called with each "done" / "failed" event (the manifest)
         self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, disable=None)
         self.t0 = time.perf_counter()
         self.t_ready: Optional[float] = None
@@ -88,12 +89,14 @@ class Progress:
             s.save_s += ev["save_s"]
             self.say(f"[R{rank}] {name}: {ev['clips']} clips ({ev['frames']} frames @ {ev['fps']:.2f} fps) | "
                      f"decode {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
+            self._record(ev)
             self.bar.update(1)
             self.bar.set_postfix(clips_per_s=f"{s.clips / max(time.perf_counter() - self.t_ready, 1e-9):.1f}")
         elif kind == "failed":
             self.held.get(rank, set()).discard(name)
             s.failed[name] = ev["reason"]
             self.say(f"[R{rank}] FAILED {name}: {ev['reason']}", err=True)
+            self._record(ev)
             self.bar.update(1)
         elif kind == "warning":
             where = f" {name}:" if name else ""
@@ -103,6 +106,13 @@ class Progress:
             s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
         elif kind == "fatal":
             self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
+
+    def _record(self, ev: dict):
+        if self.on_video is not None:
+            try:
+                self.on_video(ev)
+            except OSError as e:
+                self.say(f"warning: cannot write the manifest: {e}", err=True)
 
     def worker_lost(self, rank: int, why: str):
         with self.lock:
@@ -154,9 +164,10 @@ def _spawned_worker(rank: int, cfg: RunConfig, videos: list[Path], store_port: i
         events.put((rank, {"type": "exit"}))
 
 
-def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary) -> RunSummary:
+def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None) -> RunSummary:
+    """Runs the workers over `videos`; on_video(event) is called for each video finished or failed."""
     videos = order_longest_first(videos)
-    progress = Progress(len(videos), summary)
+    progress = Progress(len(videos), summary, on_video)
     cpu_threads = max(1, (os.cpu_count() or 1) // world_size)
     try:
         if world_size == 1:

@@ -11,6 +11,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 FAILED_LIST = "failed_videos.txt"
+MANIFEST = "manifest.jsonl"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 MISSING_LIST = "missing_files.txt"
@@ -97,3 +98,35 @@ def write_missing(save_path: Path, video_ids: list[str], prefix: str, suffix: st
     missing = [v for v in video_ids if not (save_path / output_name(v, prefix, suffix, ext)).exists()]
     write_lines(save_path / MISSING_LIST, missing)
     return missing
+
+
+class Manifest:
+    """manifest.jsonl beside the features: one JSON line per video a run finished or failed,
+    appended as it happens (a later line for the same video supersedes an earlier one).
+    Every line carries the run's settings, so that a line alone tells how its features
+    were made and how clip rows map to time."""
+
+    def __init__(self, save_path: Path, run_fields: dict):
+        self.path = save_path / MANIFEST
+        self.run_fields = run_fields
+
+    def add(self, entry: dict) -> None:
+        line = json.dumps({**entry, **self.run_fields}, ensure_ascii=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_manifest(save_path: Path) -> dict[str, dict]:
+    """The latest manifest entry of each video; a torn last line (a killed run) is skipped."""
+    entries = {}
+    path = save_path / MANIFEST
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            entries[entry["video"]] = entry
+    return entries

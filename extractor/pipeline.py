@@ -192,7 +192,8 @@ class Saver:
                 self.report({"type": "failed", "video": job.path.name, "reason": f"cannot write features: {e}"})
                 continue
             self.report({
-                "type": "done", "video": job.path.name, "clips": len(job.starts), "frames": job.num_frames,
+                "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
+                "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts), "frames": job.num_frames,
                 "fps": job.fps, "width": int(job.features.shape[1]), "decode_s": job.decode_s,
                 "model_s": job.model_s, "save_s": time.perf_counter() - t0,
                 "wall_s": time.perf_counter() - job.t_claimed,

@@ -25,6 +25,18 @@ def test_features_match_the_original_per_clip_path(video_dir, tmp_path):
         assert rel_err(feats, ref) < 1e-5
     assert "shorter than one clip" in res.stderr
     assert "summary: 2 done, 0 skipped, 0 failed" in res.stdout
+    import hashlib
+
+    from extractor.outputs import read_manifest
+
+    manifest = read_manifest(tmp_path / "out")
+    entry = manifest["long_one.mp4"]
+    assert entry["status"] == "done" and entry["frames"] == 40 and entry["fps"] == 30.0
+    assert entry["num_clips"] == 7 and entry["shape"] == [7, 128] and entry["feature_file"] == "long_one.npy"
+    assert entry["clip_len"] == 16 and entry["stride"] == 4 and "stride * i" in entry["clip_start_frame"]
+    assert entry["checkpoint_sha256_16"] == hashlib.sha256(TINY_CKPT.read_bytes()).hexdigest()[:16]
+    assert "temporal positions contiguous" in entry["backbone"] and entry["preprocessing"].endswith("normalize none")
+    assert manifest["short one.mp4"]["num_clips"] == 1
     assert "long_one.mp4: 7 clips" in res.stdout and "decode" in res.stdout and "model" in res.stdout
     assert not (tmp_path / "out" / "failed_videos.txt").exists()
 
@@ -112,6 +124,12 @@ def test_undecodable_files_are_recorded_and_the_rest_processed(video_dir, tmp_pa
         assert f"FAILED {name}" in res.stderr
         assert not (tmp_path / "out" / (name[:-4] + ".npy")).exists()
     assert "summary: 1 done, 0 skipped, 4 failed" in res.stdout
+    from extractor.outputs import read_manifest
+
+    manifest = read_manifest(tmp_path / "out")
+    assert {name: e["status"] for name, e in manifest.items()} == {
+        "good.mp4": "done", "empty.mp4": "failed", "truncated.mp4": "failed", "noise.mp4": "failed",
+        "audio_only.mp4": "failed"}
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
