@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (auto: bf16 on cuda, fp32 on cpu)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for cuda, off for cpu)")
-    r.add_argument("--decoder", choices=["cpu", "decord", "nvdec"], default="cpu",
+    r.add_argument("--decoder", choices=["auto", "cpu", "decord", "nvdec"], default="auto",
                    help="cpu: FFmpeg through PyAV, the original's pixels, flat memory; decord: the original's decoder "
-                        "(same pixels, but it decodes ahead without bound: short videos only); nvdec: the GPU's video "
-                        "decoder through PyNvVideoCodec, for presets the CPU cannot decode fast enough")
+                        "(same pixels, faster, but it may read a whole video ahead); auto: decord for videos whose "
+                        "decoded frames fit in --read_ahead_mb, PyAV for longer ones; nvdec: the GPU's video decoder "
+                        "through PyNvVideoCodec, for presets the CPU cannot decode fast enough")
+    r.add_argument("--read_ahead_mb", type=positive_int, default=1024,
+                   help="auto decoder: largest decoded size (frames x H x W x 3 bytes) of a video given to decord")
     r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video (cpu decoder)")
     r.add_argument("--parallel_videos", type=positive_int, default=None,
                    help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
@@ -158,7 +161,8 @@ def resolve(args: argparse.Namespace):
     cfg = RunConfig(
         save_path=args.save_path, ckpt_path=args.ckpt_path, model_type=args.model_type, model_name=args.model_name,
         model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
-        dtype=dtype, compile=compile_model, decoder=args.decoder, num_threads=args.num_threads, prefetch=args.prefetch,
+        dtype=dtype, compile=compile_model, decoder=args.decoder, read_ahead_bytes=args.read_ahead_mb << 20,
+        num_threads=args.num_threads, prefetch=args.prefetch,
         parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
     try:
@@ -192,6 +196,7 @@ def video_record(ev: dict, cfg) -> dict:
         return {"video": ev["video"], "status": "failed", "reason": ev["reason"]}
     return {"video": ev["video"], "status": "done", "path": ev["path"], "feature_file": ev["feature_file"],
             "frames": ev["frames"], "fps": ev["fps"], "num_clips": ev["clips"], "shape": [ev["clips"], ev["width"]],
+            "video_decoder": ev["decoder"],
             "seconds": round(ev["wall_s"], 3)}
 
 

@@ -164,7 +164,8 @@ def main():
     ap.add_argument("--parallel_videos", type=int, default=None)
     ap.add_argument("--num_threads", type=int, default=4)
     ap.add_argument("--batch_clips", type=int, default=64)
-    ap.add_argument("--decoder", choices=["cpu", "decord", "nvdec"], default="cpu", help="our pipeline's decoder")
+    ap.add_argument("--decoder", choices=["auto", "cpu", "decord", "nvdec"], default="auto",
+                    help="our pipeline's decoder")
     a = ap.parse_args()
 
     device = torch.device("cpu" if a.quick or not torch.cuda.is_available() else "cuda")

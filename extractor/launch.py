@@ -88,7 +88,7 @@ class Progress:
             s.model_s += ev["model_s"]
             s.save_s += ev["save_s"]
             self.say(f"[R{rank}] {name}: {ev['clips']} clips ({ev['frames']} frames @ {ev['fps']:.2f} fps) | "
-                     f"decode {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
+                     f"decode ({ev['decoder']}) {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
             self._record(ev)
             self.bar.update(1)
             self.bar.set_postfix(clips_per_s=f"{s.clips / max(time.perf_counter() - self.t_ready, 1e-9):.1f}")

@@ -35,7 +35,10 @@ class RunConfig:
     batch_clips: int = 64
     dtype: str = "fp32"
     compile: bool = False
-    decoder: str = "cpu"  # "cpu" (FFmpeg via PyAV), "decord", or "nvdec" (the GPU's video decoder)
+    decoder: str = "auto"  # "auto", "cpu" (FFmpeg via PyAV), "decord", or "nvdec" (the GPU's video decoder)
+    # auto: decord (faster) for a video whose decoded frames fit in this many bytes, since
+    # decord may read the whole video ahead; PyAV (flat memory) for longer ones.
+    read_ahead_bytes: int = 1 << 30
     num_threads: int = 4  # decoder threads per video
     prefetch: int = 8  # decoded chunks in flight per worker
     parallel_videos: int = 1  # videos decoded at once per worker
@@ -69,6 +72,7 @@ class VideoJob:
     filled: int = 0
     decoded: bool = False
     failed: bool = False
+    decoder: str = ""  # which decoder read it
     decode_s: float = 0.0
     model_s: float = 0.0
     t_claimed: float = field(default_factory=time.perf_counter)
@@ -117,12 +121,8 @@ class ClipPrefetcher:
         t0 = time.perf_counter()
         dec = None
         try:
-            if cfg.decoder == "nvdec":
-                dec = NvdecDecoder(job.path, self.device.index or 0)
-            elif cfg.decoder == "decord":
-                dec = DecordDecoder(job.path, cfg.num_threads)
-            else:
-                dec = VideoDecoder(job.path, cfg.num_threads)
+            dec = self._open(job.path)
+            job.decoder = {"VideoDecoder": "pyav", "DecordDecoder": "decord", "NvdecDecoder": "nvdec"}[type(dec).__name__]
             job.num_frames, job.fps = dec.info.num_frames, dec.info.fps
             job.starts = clip_starts(job.num_frames, cfg.clip_len, cfg.stride)
             if job.num_frames < cfg.clip_len:
@@ -149,6 +149,20 @@ class ClipPrefetcher:
         finally:
             if dec is not None:
                 dec.close()
+
+    def _open(self, path: Path):
+        cfg = self.cfg
+        if cfg.decoder == "nvdec":
+            return NvdecDecoder(path, self.device.index or 0)
+        if cfg.decoder == "decord":
+            return DecordDecoder(path, cfg.num_threads)
+        dec = VideoDecoder(path, cfg.num_threads)
+        if cfg.decoder == "auto":
+            info = dec.info
+            if info.num_frames * info.height * info.width * 3 <= cfg.read_ahead_bytes:
+                dec.close()
+                return DecordDecoder(path, cfg.num_threads)
+        return dec
 
     @staticmethod
     def _timed(job: VideoJob, it):
@@ -194,7 +208,7 @@ class Saver:
             self.report({
                 "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
                 "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts), "frames": job.num_frames,
-                "fps": job.fps, "width": int(job.features.shape[1]), "decode_s": job.decode_s,
+                "fps": job.fps, "width": int(job.features.shape[1]), "decoder": job.decoder, "decode_s": job.decode_s,
                 "model_s": job.model_s, "save_s": time.perf_counter() - t0,
                 "wall_s": time.perf_counter() - job.t_claimed,
             })

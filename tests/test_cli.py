@@ -41,12 +41,25 @@ def test_features_match_the_original_per_clip_path(video_dir, tmp_path):
     assert not (tmp_path / "out" / "failed_videos.txt").exists()
 
 
-def test_decord_decoder_option_gives_the_same_features(video_dir, tmp_path):
-    default = run_cli(*tiny_args(video_dir, tmp_path / "default"))
-    decord = run_cli(*tiny_args(video_dir, tmp_path / "decord", "--decoder", "decord"))
-    assert default.returncode == 0 and decord.returncode == 0, decord.stderr
-    for f in sorted((tmp_path / "default").glob("*.npy")):
-        np.testing.assert_array_equal(np.load(tmp_path / "decord" / f.name), np.load(f))
+def test_decoders_give_the_same_features_and_auto_picks_by_size(video_dir, tmp_path):
+    """auto: decord for a video whose decoded frames fit --read_ahead_mb, PyAV above it."""
+    from extractor.outputs import read_manifest
+
+    data = tmp_path / "videos"
+    shutil.copytree(video_dir, data)
+    write_video(data / "bigger.mp4", 40, width=320, height=240)  # 40 x 320 x 240 x 3 = 9.2 MB decoded
+    runs = {"cpu": [], "decord": [], "auto": [], "auto_small": ["--read_ahead_mb", "5"]}
+    for name, extra in runs.items():
+        decoder = name.split("_")[0]
+        res = run_cli(*tiny_args(data, tmp_path / name, "--decoder", decoder, *extra))
+        assert res.returncode == 0, res.stderr
+    for f in sorted((tmp_path / "cpu").glob("*.npy")):
+        for name in runs:
+            np.testing.assert_array_equal(np.load(tmp_path / name / f.name), np.load(f))
+    used = {name: {v: e["video_decoder"] for v, e in read_manifest(tmp_path / name).items()} for name in runs}
+    assert set(used["cpu"].values()) == {"pyav"} and set(used["decord"].values()) == {"decord"}
+    assert set(used["auto"].values()) == {"decord"}
+    assert used["auto_small"] == {"bigger.mp4": "pyav", "long_one.mp4": "decord", "short one.mp4": "decord"}
 
 
 def test_presets_prefix_suffix_and_clip_overrides(video_dir, tmp_path):
