@@ -229,7 +229,8 @@ def main(argv=None) -> int:
     if todo:
         manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
         try:
-            launch(cfg, todo, world_size, summary, on_video=lambda ev: manifest.add(video_record(ev, cfg)))
+            launch(cfg, todo, world_size, summary, on_video=lambda ev: manifest.add(video_record(ev, cfg)),
+                   backbone=backbone)
         except KeyboardInterrupt:
             print("interrupted: finished feature files are kept; run the same command again to resume",
                   file=sys.stderr)

@@ -128,7 +128,7 @@ def _device_for(cfg: RunConfig, rank: int) -> torch.device:
     return torch.device("cuda", rank % max(1, torch.cuda.device_count())) if cfg.device == "cuda" else torch.device("cpu")
 
 
-def _worker_body(rank: int, cfg: RunConfig, claim, report, cpu_threads: int):
+def _worker_body(rank: int, cfg: RunConfig, claim, report, cpu_threads: int, backbone=None):
     torch.set_num_threads(max(1, cpu_threads))
     device = _device_for(cfg, rank)
     if device.type == "cuda":
@@ -140,7 +140,7 @@ def _worker_body(rank: int, cfg: RunConfig, claim, report, cpu_threads: int):
             report({"type": "claimed", "video": path.name})
         return path
 
-    run_worker(cfg, device, claim_and_tell, report)
+    run_worker(cfg, device, claim_and_tell, report, backbone)
 
 
 def _spawned_worker(rank: int, cfg: RunConfig, videos: list[Path], store_port: int, events, cpu_threads: int):
@@ -164,8 +164,10 @@ def _spawned_worker(rank: int, cfg: RunConfig, videos: list[Path], store_port: i
         events.put((rank, {"type": "exit"}))
 
 
-def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None) -> RunSummary:
-    """Runs the workers over `videos`; on_video(event) is called for each video finished or failed."""
+def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None,
+           backbone=None) -> RunSummary:
+    """Runs the workers over `videos`; on_video(event) is called for each video finished or
+    failed. `backbone`, already opened, is reused by a worker that runs in this process."""
     videos = order_longest_first(videos)
     progress = Progress(len(videos), summary, on_video)
     cpu_threads = max(1, (os.cpu_count() or 1) // world_size)
@@ -178,7 +180,7 @@ def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSumm
                 with lock:
                     return next(todo, None)
 
-            _worker_body(0, cfg, claim, lambda ev: progress.handle(0, ev), cpu_threads)
+            _worker_body(0, cfg, claim, lambda ev: progress.handle(0, ev), cpu_threads, backbone)
         else:
             _spawn(cfg, videos, world_size, progress, cpu_threads)
     finally:

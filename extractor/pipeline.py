@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .backbones import BackboneOptions, open_backbone
+from .backbones import Backbone, BackboneOptions, open_backbone
 from .outputs import output_name, save_features
 from .video import (ClipAssembler, DecodeError, DecordDecoder, NvdecDecoder, VideoDecoder, clip_starts, needed_frames,
                     preprocess)
@@ -223,9 +223,10 @@ class Engine:
     back through pinned memory behind a CUDA event, so the CPU prepares the next batch
     while the GPU runs this one."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, report: Report):
+    def __init__(self, cfg: RunConfig, device: torch.device, report: Report, backbone: Optional[Backbone] = None):
         self.cfg, self.device, self.report = cfg, device, report
-        backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
+        if backbone is None:  # a spawned worker opens the checkpoint itself
+            backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
         self.width, self.preprocessing, self.description = backbone.width, backbone.preprocessing, backbone.description
         self.dtype = DTYPES[cfg.dtype]
         self.cuda = device.type == "cuda"
@@ -300,9 +301,11 @@ class Engine:
         return torch.cat(outs), seconds
 
 
-def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report) -> None:
-    """Claims videos until none are left, writing one feature file per video."""
-    engine = Engine(cfg, device, report)
+def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report,
+               backbone: Optional[Backbone] = None) -> None:
+    """Claims videos until none are left, writing one feature file per video. `backbone`:
+    the one the command line already opened, when the worker runs in its process."""
+    engine = Engine(cfg, device, report, backbone)
     report({"type": "ready", "backbone": engine.description, "width": engine.width})
     saver = Saver(cfg, report)
     prefetcher = ClipPrefetcher(cfg, claim, report, device)
