@@ -273,3 +273,20 @@ def test_folder_that_is_not_a_model(tmp_path, video_dir):
     argv[argv.index("--ckpt_path") + 1] = bad
     res = run_cli(*argv)
     assert res.returncode == 2 and "not 'onevision_encoder'" in res.stderr
+
+
+def test_awkward_but_valid_inputs(video_dir, tmp_path):
+    """A 1-frame video, a non-ASCII name with spaces, a directory named like a video, and an
+    odd frame size: features or a named failure, never a crash of the run."""
+    data = tmp_path / "videos"
+    data.mkdir()
+    write_video(data / "one frame.mp4", 1, width=64, height=48)
+    write_video(data / "vidéo ünïcode 视频.mp4", 20, width=66, height=50)
+    (data / "folder.mp4").mkdir()
+    res = run_cli(*tiny_args(data, tmp_path / "out"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert np.load(tmp_path / "out" / "one frame.npy").shape == (1, 128)
+    assert np.load(tmp_path / "out" / "vidéo ünïcode 视频.npy").shape == (2, 128)
+    failed = (tmp_path / "out" / "failed_videos.txt").read_text(encoding="utf-8").splitlines()
+    assert failed == ["folder.mp4\tis a directory"]
