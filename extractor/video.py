@@ -80,8 +80,11 @@ class VideoDecoder:
     The frames are pixel for pixel decord's (the original script's decoder: same FFmpeg
     decoding and RGB conversion, checked by the tests), but decoding is pulled frame by
     frame, so memory stays flat: decord's VideoReader, measured here, kept decoding ahead
-    of a slower consumer (5.7 GB held for a 60 s 1080p file) and its get_batch kept ~10 MB
-    per frame. Every failure becomes a DecodeError with a reason a person can act on."""
+    of a slower consumer (5 GB held for a 60 s 1080p file, bench/decoder_memory.py) and its
+    get_batch kept ~10 MB per frame. Every failure becomes a DecodeError with a reason a
+    person can act on."""
+
+    name = "pyav"
 
     def __init__(self, path: Path, num_threads: int = 0):
         self.path = path
@@ -150,7 +153,9 @@ class VideoDecoder:
 class DecordDecoder:
     """The original script's decoder, decord, read forward frame by frame. Same frames as
     VideoDecoder, faster in threads, but decord decodes ahead of a slow consumer without
-    bound (5.7 GB held for a 60 s 1080p file, measured): for short videos only."""
+    bound (5 GB held for a 60 s 1080p file, bench/decoder_memory.py): for short videos only."""
+
+    name = "decord"
 
     def __init__(self, path: Path, num_threads: int = 0):
         self.path = path
@@ -175,16 +180,33 @@ class DecordDecoder:
         self.info = VideoInfo(num_frames, fps, h, w)
 
     def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (frame indices, uint8 frames (n, H, W, 3)) for `indices` in order."""
-        for a in range(0, len(indices), chunk_size):
-            idx = indices[a:a + chunk_size]
-            try:
-                frames = self.reader.get_batch(idx.tolist()).asnumpy()
-            except Exception as e:
-                raise DecodeError(f"decoding failed near frame {int(idx[0])} of {self.info.num_frames} ({first_line(e)})") from None
-            if frames.shape[0] != len(idx) or frames.ndim != 4 or frames.shape[-1] != 3:
-                raise DecodeError(f"decoder returned frames of shape {tuple(frames.shape)} for {len(idx)} indices")
-            yield idx, frames
+        """As VideoDecoder.chunks, reading forward frame by frame. Not get_batch: it re-seeks
+        on every call and, measured on a 1080p file, ran 5x slower (44 vs 219 frames/s) while
+        keeping ~10 MB per decoded frame alive."""
+        h, w = self.info.height, self.info.width
+        position, a = 0, 0
+        try:
+            self.reader.seek(0)
+            while a < len(indices):
+                idx = indices[a:a + chunk_size]
+                out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
+                for k, want in enumerate(idx):
+                    if want > position:
+                        self.reader.skip_frames(int(want - position))
+                        position = int(want)
+                    frame = self.reader.next().asnumpy()
+                    position += 1
+                    if frame.shape != out.shape[1:]:
+                        raise DecodeError(f"frame {int(want)} has shape {frame.shape}, expected {out.shape[1:]}")
+                    out[k] = frame
+                a += len(idx)
+                yield idx, out
+        except DecodeError:
+            raise
+        except StopIteration:
+            raise DecodeError(f"stream ended at frame {position} of {self.info.num_frames}") from None
+        except Exception as e:
+            raise DecodeError(f"decoding failed near frame {position} of {self.info.num_frames} ({first_line(e)})") from None
 
     def close(self):
         self.reader = None
@@ -213,6 +235,8 @@ class NvdecDecoder:
     (n, H, W, 3) tensors already on the GPU. Same interface as VideoDecoder. Its YUV->RGB
     conversion is NVIDIA's, not FFmpeg's, so pixels (and features) differ slightly from the
     CPU decoder's; use it where the CPU cannot decode fast enough."""
+
+    name = "nvdec"
 
     def __init__(self, path: Path, gpu_id: int):
         self.path = path
