@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args: argparse.Namespace):
-    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone)."""
+def resolve(args: argparse.Namespace, launcher=None):
+    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone).
+    `launcher`: rank, world size and rendezvous when torchrun or srun started this process."""
     import torch
 
     from extractor.backbones import open_backbone
@@ -133,9 +134,18 @@ def resolve(args: argparse.Namespace):
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     if device == "cuda" and gpus == 0:
         raise UsageError("--device cuda, but no CUDA GPU is visible")
-    world_size = args.world_size or (gpus if device == "cuda" else 1)
-    if device == "cuda" and world_size > gpus:
-        raise UsageError(f"--world_size {world_size} but only {gpus} GPU(s) are visible")
+    if launcher is not None:
+        world_size = launcher["world_size"]
+        if args.world_size not in (None, world_size):
+            raise UsageError(f"--world_size {args.world_size}, but {launcher['source']} started {world_size} processes "
+                             "(under torchrun or srun, one process is one worker: leave --world_size out)")
+        if not launcher["master_addr"] or not launcher["master_port"]:
+            raise UsageError(f"{launcher['source']} start without MASTER_ADDR/MASTER_PORT: export MASTER_ADDR (the "
+                             "first node's host name) and MASTER_PORT, see README 'Many nodes'")
+    else:
+        world_size = args.world_size or (gpus if device == "cuda" else 1)
+        if device == "cuda" and world_size > gpus:
+            raise UsageError(f"--world_size {world_size} but only {gpus} GPU(s) are visible")
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
     if dtype == "tf32" and device != "cuda":
         raise UsageError("--dtype tf32 needs --device cuda (TF32 is a GPU matrix mode)")
@@ -201,17 +211,51 @@ def video_record(ev: dict, cfg) -> dict:
 
 
 def main(argv=None) -> int:
+    from extractor.launch import launcher_environment
+
     args = build_parser().parse_args(argv)
+    launcher = launcher_environment()
     try:
-        cfg, videos, world_size, backbone = resolve(args)
+        cfg, videos, world_size, backbone = resolve(args, launcher)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from extractor.launch import RunSummary, launch
-    from extractor.outputs import Manifest, annotated_videos, check_existing, write_failed, write_missing
+    from extractor.launch import RunSummary, join_launcher_group, local_group, run_group
+
+    if launcher is None:
+        group = local_group(world_size)
+    else:
+        try:
+            group = join_launcher_group(launcher)
+        except Exception as e:  # a timeout or refused connection: one line, not a traceback
+            print(f"error: rendezvous at {launcher['master_addr']}:{launcher['master_port']} failed: "
+                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
+    # One worker on the CPU runs as a thread of this process and reuses the opened backbone;
+    # everywhere else workers are child processes that open the checkpoint themselves.
+    inline = backbone if (launcher is None and world_size == 1 and cfg.device == "cpu") else None
+    try:
+        if group.coordinator:
+            return coordinate(args, cfg, videos, group, backbone, inline)
+        del backbone
+        run_group(group, cfg, args.data_path, None, RunSummary())
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: finished feature files are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def coordinate(args, cfg, videos, group, backbone, inline) -> int:
+    """Process 0: decides what to do, runs its share, keeps the records, prints the summary."""
+    from extractor.launch import RunSummary, order_longest_first, run_group
+    from extractor.outputs import (Manifest, annotated_videos, check_existing, remove_partial_files, write_failed,
+                                   write_missing)
 
     if backbone.note:
         print(f"note: {backbone.note}", file=sys.stderr)
+    removed = remove_partial_files(cfg.save_path)
+    if removed:
+        print(f"removed {removed} partial file(s) left by an interrupted run", file=sys.stderr)
     summary = RunSummary()
     todo = []
     for video in videos:
@@ -223,18 +267,15 @@ def main(argv=None) -> int:
                 continue
             print(f"warning: {out.name} {problem}: recomputing", file=sys.stderr)
         todo.append(video)
-    print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} x{world_size} "
-          f"| {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} frames, stride {cfg.stride} "
-          f"| batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} | {backbone.preprocessing.describe()}")
-    if todo:
-        manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
-        try:
-            launch(cfg, todo, world_size, summary, on_video=lambda ev: manifest.add(video_record(ev, cfg)),
-                   backbone=backbone)
-        except KeyboardInterrupt:
-            print("interrupted: finished feature files are kept; run the same command again to resume",
-                  file=sys.stderr)
-            return 130
+    processes = f" in {group.processes} processes" if group.processes > 1 else ""
+    print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} "
+          f"x{group.world_size}{processes} | {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} "
+          f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} "
+          f"| {backbone.preprocessing.describe()}")
+    manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
+    del backbone
+    run_group(group, cfg, args.data_path, [p.name for p in order_longest_first(todo)], summary,
+              on_video=lambda ev: manifest.add(video_record(ev, cfg)), inline_backbone=inline)
     write_failed(cfg.save_path, summary.failed)
     missing_note = ""
     if args.anno_file is not None:
@@ -242,12 +283,15 @@ def main(argv=None) -> int:
         missing_note = f" | {len(missing)} annotated videos without features (missing_files.txt)"
     busy_s = summary.wall_s - summary.startup_s
     rate = summary.clips / busy_s if busy_s > 0 else 0.0
+    idle_s, idle_frac = summary.end_idle()
+    balance = f" | first worker out of work waited {idle_s:.1f}s ({idle_frac:.1%} of the run)" \
+        if len(summary.worker_end_s) > 1 else ""
     print(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
           f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
           f"time split (summed over videos, "
           f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
           f" | peak memory per worker: {summary.peak_rss_gib:.2f} GiB RAM, {summary.peak_gpu_gib:.2f} GiB GPU"
-          f"{missing_note}")
+          f"{balance}{missing_note}")
     if summary.failed:
         print(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", file=sys.stderr)
         return 1

@@ -1,17 +1,31 @@
-"""Worker processes, the shared work queue, progress and the run's summary.
+"""Running the workers: one group of processes, one shared queue, one record of the run.
 
-Videos are claimed one at a time, longest (largest file) first, through a counter in a
-torch.distributed TCPStore (the c10d key-value store): no GPU idles on a fixed stripe
-while another still has a queue of long videos."""
+A run is a group of processes that share torch.distributed's key-value store (the c10d
+store). Started as `python feat_extraction.py`, the group is this one process, which runs
+--world_size workers; started by torchrun or Slurm's srun, it is one process per worker,
+spread over nodes. Either way the same code runs:
+
+- process 0 publishes the names of the videos to do, longest (largest file) first;
+- every process supervises its workers: a worker is a child process on one GPU that asks
+  its supervisor for videos, and the supervisor claims them from a counter in the store, so
+  no GPU idles on a fixed stripe while another still has long videos. A worker that dies
+  (decoder crash, killed) is replaced; the videos it held are tried once more, alone, and
+  then recorded as failed;
+- every supervisor publishes its workers' events in the store; process 0 reads them all and
+  keeps the progress bar, the manifest, failed_videos.txt and the summary."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import timedelta
+from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +33,9 @@ import torch
 import torch.multiprocessing as mp
 
 from .pipeline import RunConfig, run_worker
+
+STALE_AFTER_S = 120.0  # a process whose heartbeat has not moved for this long is lost
+HEARTBEAT_S = 5.0
 
 
 @dataclass
@@ -36,6 +53,15 @@ class RunSummary:
     model_s: float = 0.0
     save_s: float = 0.0
     backbone: Optional[str] = None
+    worker_end_s: dict = field(default_factory=dict)  # rank -> seconds into the run its worker ran out of work
+
+    def end_idle(self) -> tuple[float, float]:
+        """(seconds, fraction of the run) that the first worker to run out of work waited
+        for the last one: the cost of imbalance."""
+        if len(self.worker_end_s) < 2 or self.wall_s <= 0:
+            return 0.0, 0.0
+        spread = max(self.worker_end_s.values()) - min(self.worker_end_s.values())
+        return spread, spread / self.wall_s
 
 
 def order_longest_first(videos: list[Path]) -> list[Path]:
@@ -46,6 +72,96 @@ def order_longest_first(videos: list[Path]) -> list[Path]:
             return 0
 
     return sorted(videos, key=lambda p: (-size(p), p.name))
+
+
+# ---------------------------------------------------------------------------------------
+# The group: who is who, and the store
+
+
+@dataclass
+class Group:
+    store: object  # a torch.distributed Store
+    process: int  # this process's index; process 0 coordinates
+    processes: int
+    ranks: list  # the worker ranks this process supervises
+    local_ranks: list  # ... and their GPU index on this node
+    world_size: int  # workers in the whole run
+
+    @property
+    def coordinator(self) -> bool:
+        return self.process == 0
+
+
+def launcher_environment() -> Optional[dict]:
+    """Rank, world size and rendezvous when started by torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by Slurm's srun with more than one task
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR must be set, MASTER_PORT
+    defaults to one derived from the job id). None: a plain single-process start."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
+        source = "torchrun"
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", "0"))
+        source = "srun"
+    else:
+        return None
+    addr = env.get("MASTER_ADDR")
+    port = env.get("MASTER_PORT") or (str(20000 + int(env["SLURM_JOB_ID"]) % 20000) if "SLURM_JOB_ID" in env else None)
+    return {"rank": rank, "world_size": world, "local_rank": local, "master_addr": addr, "master_port": port,
+            "source": source}
+
+
+def join_launcher_group(env: dict, timeout_s: float = 1800.0) -> Group:
+    """Rendezvous through torch.distributed (env://): torchrun's agent store when torchrun
+    serves one, else a TCPStore hosted by rank 0."""
+    from torch.distributed import PrefixStore, rendezvous
+
+    os.environ.update(RANK=str(env["rank"]), WORLD_SIZE=str(env["world_size"]),
+                      MASTER_ADDR=env["master_addr"], MASTER_PORT=str(env["master_port"]))
+    store, rank, world = next(rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+    return Group(PrefixStore("feat_extraction/", store), process=rank, processes=world, ranks=[rank],
+                 local_ranks=[env["local_rank"]], world_size=world)
+
+
+def local_group(world_size: int) -> Group:
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, use_libuv=True,
+                     timeout=timedelta(seconds=1800))
+    return Group(store, process=0, processes=1, ranks=list(range(world_size)), local_ranks=list(range(world_size)),
+                 world_size=world_size)
+
+
+def publish_todo(group: Group, names: list[str]) -> None:
+    group.store.set("todo", json.dumps(names))
+
+
+def read_todo(group: Group) -> list[str]:
+    return json.loads(group.store.get("todo"))
+
+
+class EventLog:
+    """Events travel from every supervisor to the coordinator as numbered keys in the store."""
+
+    def __init__(self, group: Group):
+        self.group, self.store = group, group.store
+
+    def publish(self, rank: int, ev: dict) -> None:
+        seq = self.store.add("events", 1)
+        self.store.set(f"event/{seq}", json.dumps({**ev, "rank": rank, "process": self.group.process}))
+
+    def count(self) -> int:
+        return self.store.add("events", 0)
+
+    def read(self, seq: int) -> dict:
+        return json.loads(self.store.get(f"event/{seq}"))
+
+
+# ---------------------------------------------------------------------------------------
+# The coordinator: progress, records, summary
 
 
 class Progress:
@@ -91,19 +207,24 @@ class Progress:
                      f"decode ({ev['decoder']}) {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
             self._record(ev)
             self.bar.update(1)
-            self.bar.set_postfix(clips_per_s=f"{s.clips / max(time.perf_counter() - self.t_ready, 1e-9):.1f}")
+            busy = time.perf_counter() - (self.t_ready or self.t0)
+            self.bar.set_postfix(clips_per_s=f"{s.clips / max(busy, 1e-9):.1f}")
         elif kind == "failed":
             self.held.get(rank, set()).discard(name)
             s.failed[name] = ev["reason"]
             self.say(f"[R{rank}] FAILED {name}: {ev['reason']}", err=True)
             self._record(ev)
             self.bar.update(1)
+        elif kind == "released":  # the worker died holding it; its supervisor will try it again
+            self.held.get(rank, set()).discard(name)
         elif kind == "warning":
             where = f" {name}:" if name else ""
             self.say(f"[R{rank}] warning:{where} {ev['msg']}", err=True)
         elif kind == "peak":
             s.peak_rss_gib = max(s.peak_rss_gib, ev["rss_gib"])
             s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
+        elif kind == "worker_end":
+            s.worker_end_s[rank] = time.perf_counter() - self.t0
         elif kind == "fatal":
             self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
 
@@ -114,110 +235,313 @@ class Progress:
             except OSError as e:
                 self.say(f"warning: cannot write the manifest: {e}", err=True)
 
-    def worker_lost(self, rank: int, why: str):
+    def lose_ranks(self, ranks: list, why: str):
         with self.lock:
-            for name in sorted(self.held.pop(rank, set())):
-                self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} while holding it"})
+            for rank in ranks:
+                for name in sorted(self.held.pop(rank, set())):
+                    self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} while holding it"})
 
     def close(self):
         self.summary.wall_s = time.perf_counter() - self.t0
         self.bar.close()
 
 
-def _device_for(cfg: RunConfig, rank: int) -> torch.device:
-    return torch.device("cuda", rank % max(1, torch.cuda.device_count())) if cfg.device == "cuda" else torch.device("cpu")
+class Coordinator(threading.Thread):
+    """Process 0's reader of the event log, until every process of the group has finished
+    (or stopped sending heartbeats)."""
+
+    def __init__(self, group: Group, progress: Progress, todo: list[str]):
+        super().__init__(daemon=True, name="coordinator")
+        self.group, self.progress, self.todo = group, progress, todo
+        self.log = EventLog(group)
+        self.error: Optional[BaseException] = None
+
+    def run(self):
+        try:
+            self._run()
+        except BaseException as e:  # the main thread reports it
+            self.error = e
+
+    def _run(self):
+        store, processes = self.group.store, self.group.processes
+        read, beats, lost = 0, {}, set()
+        while True:
+            finished = store.add("processes_finished", 0)
+            available = self.log.count()
+            while read < available:
+                read += 1
+                ev = self.log.read(read)
+                self.progress.handle(ev["rank"], ev)
+            if finished + len(lost) >= processes and read == self.log.count():
+                break
+            now = time.monotonic()
+            for p in range(1, processes):
+                if p in lost or store.check([f"finished/{p}"]):
+                    continue
+                beat = store.add(f"beat/{p}", 0)
+                if beats.get(p, (None, None))[0] != beat:
+                    beats[p] = (beat, now)
+                elif now - beats[p][1] > STALE_AFTER_S:
+                    lost.add(p)
+                    self.progress.say(f"process {p} stopped sending heartbeats: its videos are marked failed",
+                                      err=True)
+                    self.progress.lose_ranks([p], "was lost (its process stopped responding)")
+            time.sleep(0.2)
+        claimed = min(store.add("claimed", 0), len(self.todo))
+        for name in self.todo[claimed:]:
+            self.progress.handle(-1, {"type": "failed", "video": name, "reason": "not processed: every worker stopped"})
 
 
-def _worker_body(rank: int, cfg: RunConfig, claim, report, cpu_threads: int, backbone=None):
-    torch.set_num_threads(max(1, cpu_threads))
-    device = _device_for(cfg, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-    def claim_and_tell():
-        path = claim()
-        if path is not None:
-            report({"type": "claimed", "video": path.name})
-        return path
-
-    run_worker(cfg, device, claim_and_tell, report, backbone)
+# ---------------------------------------------------------------------------------------
+# Workers and their supervisor
 
 
-def _spawned_worker(rank: int, cfg: RunConfig, videos: list[Path], store_port: int, events, cpu_threads: int):
-    from torch.distributed import TCPStore
+def _signal_name(exitcode: Optional[int]) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
-    def report(ev: dict):
-        events.put((rank, ev))
+
+def _injected_fault(name: str, attempt: int) -> None:
+    """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*' kills the worker that
+    takes a.mp4 on its first attempt and b.mp4 on every attempt (SIGKILL, as a crash in a
+    decoder's C code or the OOM killer would)."""
+    spec = os.environ.get("FEAT_EXTRACTION_KILL_WORKER_ON")
+    if not spec:
+        return
+    for item in spec.split(","):
+        video, _, when = item.rpartition(":")
+        if video == name and (when == "*" or when == str(attempt)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int,
+                 backbone=None):
+    """A worker: claims videos from its supervisor over `conn` and runs the pipeline on
+    them. Runs as a child process, or as a thread of the supervisor's process."""
+    send_lock, claim_lock = threading.Lock(), threading.Lock()
+
+    def send(msg):
+        with send_lock:
+            conn.send(msg)
+
+    def claim() -> Optional[Path]:
+        with claim_lock:
+            send(("claim",))
+            reply = conn.recv()
+        if reply is None:
+            return None
+        name, attempt = reply
+        _injected_fault(name, attempt)
+        return data_path / name
 
     try:
-        store = TCPStore("127.0.0.1", store_port, is_master=False, use_libuv=True)
-
-        def claim() -> Optional[Path]:
-            i = store.add("next_video", 1) - 1
-            return videos[i] if i < len(videos) else None
-
-        _worker_body(rank, cfg, claim, report, cpu_threads)
+        if backbone is None:  # a thread shares its process's thread count
+            torch.set_num_threads(max(1, cpu_threads))
+        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if cfg.device == "cuda" \
+            else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        run_worker(cfg, device, claim, lambda ev: send(("event", ev)), backbone)
+        send(("exit",))
     except Exception as e:
-        report({"type": "fatal", "msg": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()})
-        raise SystemExit(3)
+        try:
+            send(("event", {"type": "fatal", "msg": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}))
+        except OSError:
+            pass
+        if backbone is None:
+            raise SystemExit(3)
     finally:
-        events.put((rank, {"type": "exit"}))
+        conn.close()
+
+
+@dataclass
+class _Worker:
+    rank: int
+    local_rank: int
+    conn: object
+    handle: object  # a Process, or a Thread when the worker runs in this process
+    retry: list = field(default_factory=list)  # videos to try again, one at a time, before new ones
+    held: dict = field(default_factory=dict)  # name -> attempt
+    waiting_claims: int = 0
+    ready: bool = False
+    clean_exit: bool = False
+    deaths_without_progress: int = 0
+
+
+class Supervisor:
+    """Starts this process's workers, serves their claims from the shared queue, publishes
+    their events, and replaces a worker that dies."""
+
+    def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], inline_backbone=None):
+        self.group, self.cfg, self.data_path, self.todo = group, cfg, data_path, todo
+        self.log = EventLog(group)
+        self.inline_backbone = inline_backbone  # run the one worker as a thread, with this backbone
+        self.cpu_threads = max(1, (os.cpu_count() or 1) // len(group.ranks))
+        self.attempts: dict[str, int] = {}
+        self.ctx = mp.get_context("spawn")
+
+    def _start(self, rank: int, local_rank: int, retry: list) -> _Worker:
+        mine, theirs = self.ctx.Pipe(duplex=True)
+        args = (rank, local_rank, self.cfg, self.data_path, theirs, self.cpu_threads)
+        if self.inline_backbone is not None:
+            handle = threading.Thread(target=_worker_main, args=(*args, self.inline_backbone), daemon=True,
+                                      name=f"worker{rank}")
+            handle.start()
+        else:
+            handle = self.ctx.Process(target=_worker_main, args=args, daemon=False, name=f"worker{rank}")
+            handle.start()
+            theirs.close()  # so that this end sees EOF when the worker exits
+        return _Worker(rank, local_rank, mine, handle, retry=list(retry))
+
+    def run(self) -> None:
+        if not self.todo:
+            return
+        workers = {w.conn: w for w in (self._start(r, lr, []) for r, lr in zip(self.group.ranks,
+                                                                               self.group.local_ranks))}
+        last_beat = 0.0
+        try:
+            while workers:
+                for conn in wait_for_connections(list(workers), timeout=1.0):
+                    worker = workers[conn]
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        del workers[conn]
+                        replacement = self._ended(worker)
+                        if replacement is not None:
+                            workers[replacement.conn] = replacement
+                        continue
+                    self._message(worker, msg)
+                if time.monotonic() - last_beat > HEARTBEAT_S:
+                    self.group.store.add(f"beat/{self.group.process}", 1)
+                    last_beat = time.monotonic()
+        finally:
+            for worker in workers.values():
+                if not isinstance(worker.handle, threading.Thread) and worker.handle.is_alive():
+                    worker.handle.kill()
+
+    def _publish(self, worker: _Worker, ev: dict) -> None:
+        self.log.publish(worker.rank, ev)
+
+    def _message(self, worker: _Worker, msg) -> None:
+        if msg[0] == "claim":
+            worker.waiting_claims += 1
+        elif msg[0] == "exit":
+            worker.clean_exit = True
+        else:
+            ev = msg[1]
+            if ev["type"] == "ready":
+                worker.ready = True
+            elif ev["type"] in ("done", "failed"):
+                worker.held.pop(ev["video"], None)
+                worker.deaths_without_progress = 0
+            self._publish(worker, ev)
+        self._serve_claims(worker)
+
+    def _serve_claims(self, worker: _Worker) -> None:
+        while worker.waiting_claims:
+            if worker.retry:  # a video that was held by a dead worker runs alone
+                if worker.held:
+                    return
+                name = worker.retry.pop(0)
+            elif any(attempt > 1 for attempt in worker.held.values()):
+                return
+            else:
+                i = self.group.store.add("claimed", 1) - 1
+                name = self.todo[i] if i < len(self.todo) else None
+            worker.waiting_claims -= 1
+            if name is None:
+                worker.conn.send(None)
+                continue
+            attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+            worker.held[name] = attempt
+            self._publish(worker, {"type": "claimed", "video": name, "attempt": attempt})
+            worker.conn.send((name, attempt))
+
+    def _ended(self, worker: _Worker) -> Optional[_Worker]:
+        """The worker's connection closed: it finished, or it died. Returns its replacement."""
+        handle = worker.handle
+        handle.join(timeout=30)
+        exitcode = None if isinstance(handle, threading.Thread) else handle.exitcode
+        worker.conn.close()
+        if worker.clean_exit and not worker.held and not worker.retry:
+            self._publish(worker, {"type": "worker_end"})
+            return None
+        why = "stopped" if isinstance(handle, threading.Thread) else _signal_name(exitcode)
+        retry, failed = [], []
+        for name in worker.retry + sorted(worker.held, key=lambda n: worker.held[n]):
+            (retry if self.attempts.get(name, 0) < 2 else failed).append(name)
+        for name in failed:
+            self._publish(worker, {"type": "failed", "video": name,
+                                   "reason": f"the worker died while holding it, twice (last: {why})"})
+        worker.deaths_without_progress += 1
+        can_restart = worker.ready and worker.deaths_without_progress <= 2 and self.inline_backbone is None
+        if retry and can_restart:
+            self._publish(worker, {"type": "warning", "video": None,
+                                   "msg": f"worker died ({why}) holding {', '.join(retry)}: restarting it, "
+                                          "to try each of them once more, alone"})
+        elif retry:
+            for name in retry:
+                self._publish(worker, {"type": "failed", "video": name,
+                                       "reason": f"the worker died while holding it ({why}) and could not be restarted"})
+            retry = []
+        if not can_restart:
+            if not worker.ready:
+                self._publish(worker, {"type": "warning", "video": None,
+                                       "msg": f"worker stopped before its model was ready ({why}): "
+                                              "the other workers carry on"})
+            self._publish(worker, {"type": "worker_end"})
+            return None
+        for name in retry:
+            self._publish(worker, {"type": "released", "video": name})
+        if not retry:
+            self._publish(worker, {"type": "warning", "video": None, "msg": f"worker died ({why}): restarting it"})
+        replacement = self._start(worker.rank, worker.local_rank, retry)
+        replacement.ready = True  # it started before; a death at start-up counts against it again
+        replacement.deaths_without_progress = worker.deaths_without_progress
+        return replacement
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list[str]], summary: RunSummary,
+              on_video=None, inline_backbone=None) -> RunSummary:
+    """Runs this process's share of the group's work. Process 0 passes the videos to do
+    (names in data_path, longest first) and gets the whole run's summary; the others read
+    the list from the store."""
+    coordinator = progress = None
+    if group.coordinator:
+        publish_todo(group, todo)
+        progress = Progress(len(todo), summary, on_video)
+        coordinator = Coordinator(group, progress, todo)
+        coordinator.start()
+    else:
+        todo = read_todo(group)
+    try:
+        Supervisor(group, cfg, data_path, todo, inline_backbone).run()
+    finally:
+        group.store.set(f"finished/{group.process}", "1")
+        group.store.add("processes_finished", 1)
+    if coordinator is not None:
+        coordinator.join()
+        progress.close()
+        if coordinator.error is not None:
+            raise coordinator.error
+    return summary
 
 
 def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None,
            backbone=None) -> RunSummary:
-    """Runs the workers over `videos`; on_video(event) is called for each video finished or
-    failed. `backbone`, already opened, is reused by a worker that runs in this process."""
-    videos = order_longest_first(videos)
-    progress = Progress(len(videos), summary, on_video)
-    cpu_threads = max(1, (os.cpu_count() or 1) // world_size)
-    try:
-        if world_size == 1:
-            lock = threading.Lock()
-            todo = iter(videos)
-
-            def claim() -> Optional[Path]:
-                with lock:
-                    return next(todo, None)
-
-            _worker_body(0, cfg, claim, lambda ev: progress.handle(0, ev), cpu_threads, backbone)
-        else:
-            _spawn(cfg, videos, world_size, progress, cpu_threads)
-    finally:
-        progress.close()
-    return summary
-
-
-def _spawn(cfg: RunConfig, videos: list[Path], world_size: int, progress: Progress, cpu_threads: int):
-    from torch.distributed import TCPStore
-    import queue as queue_mod
-
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, use_libuv=True)
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    procs = [ctx.Process(target=_spawned_worker, args=(r, cfg, videos, store.port, events, cpu_threads), daemon=False)
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
-    exited: set[int] = set()
-    while len(exited) < world_size:
-        try:
-            rank, ev = events.get(timeout=1.0)
-        except queue_mod.Empty:
-            for r, p in enumerate(procs):
-                if r not in exited and not p.is_alive():
-                    exited.add(r)
-                    progress.worker_lost(r, f"died (exit code {p.exitcode})")
-            continue
-        if ev["type"] == "exit":
-            exited.add(rank)
-            procs[rank].join(timeout=30)
-            if procs[rank].exitcode not in (0, None):
-                progress.worker_lost(rank, f"stopped (exit code {procs[rank].exitcode})")
-        else:
-            progress.handle(rank, ev)
-    for p in procs:
-        p.join(timeout=30)
-    claimed = min(int(store.add("next_video", 0)), len(videos))
-    for path in videos[claimed:]:
-        progress.handle(-1, {"type": "failed", "video": path.name, "reason": "not processed: every worker stopped"})
+    """A single-process start: this process supervises `world_size` workers. One worker on
+    the CPU runs as a thread here, reusing the already opened `backbone`."""
+    group = local_group(world_size)
+    data_path = videos[0].parent
+    inline = backbone if (world_size == 1 and cfg.device == "cpu") else None
+    return run_group(group, cfg, data_path, [p.name for p in order_longest_first(videos)], summary, on_video,
+                     inline)

@@ -40,6 +40,18 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def remove_partial_files(folder: Path) -> int:
+    """Deletes the temporary files `_atomic_write` leaves when a run is killed mid-write."""
+    removed = 0
+    for path in folder.glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def save_features(path: Path, features: np.ndarray) -> None:
     features = np.ascontiguousarray(features, dtype=np.float32)
     if path.suffix == ".pt":

@@ -104,7 +104,7 @@ def test_skip_existing_overwrite_and_recompute_broken(video_dir, tmp_path):
     target.write_bytes(target.read_bytes()[:100])  # a truncated file from some other tool
     res = run_cli(*tiny_args(video_dir, out))
     assert res.returncode == 0 and "recomputing" in res.stderr
-    np.testing.assert_allclose(np.load(target), good, rtol=1e-6)
+    np.testing.assert_allclose(np.load(target), good, rtol=1e-5, atol=1e-6)  # batches differ
 
 
 def test_missing_files_from_annotations(video_dir, tmp_path):
