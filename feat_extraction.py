@@ -206,7 +206,7 @@ def video_record(ev: dict, cfg) -> dict:
         return {"video": ev["video"], "status": "failed", "reason": ev["reason"]}
     return {"video": ev["video"], "status": "done", "path": ev["path"], "feature_file": ev["feature_file"],
             "frames": ev["frames"], "fps": ev["fps"], "num_clips": ev["clips"], "shape": [ev["clips"], ev["width"]],
-            "video_decoder": ev["decoder"],
+            "video_decoder": ev["decoder"], "rotation_applied": ev["rotation"],
             "seconds": round(ev["wall_s"], 3)}
 
 

@@ -151,7 +151,7 @@ class EventLog:
 
     def publish(self, rank: int, ev: dict) -> None:
         seq = self.store.add("events", 1)
-        self.store.set(f"event/{seq}", json.dumps({**ev, "rank": rank, "process": self.group.process}))
+        self.store.set(f"event/{seq}", json.dumps({**ev, "rank": rank, "process": self.group.process, "t": time.time()}))
 
     def count(self) -> int:
         return self.store.add("events", 0)
@@ -174,6 +174,7 @@ class Progress:
         self.on_video = on_video  # called with each "done" / "failed" event (the manifest)
         self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, disable=None)
         self.t0 = time.perf_counter()
+        self.t0_wall = time.time()  # events carry their sender's wall-clock time
         self.t_ready: Optional[float] = None
         self.held: dict[int, set] = {}  # rank -> videos claimed and not finished
         self.lock = threading.Lock()
@@ -224,7 +225,7 @@ class Progress:
             s.peak_rss_gib = max(s.peak_rss_gib, ev["rss_gib"])
             s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
         elif kind == "worker_end":
-            s.worker_end_s[rank] = time.perf_counter() - self.t0
+            s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
         elif kind == "fatal":
             self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
 
@@ -286,7 +287,7 @@ class Coordinator(threading.Thread):
                     self.progress.say(f"process {p} stopped sending heartbeats: its videos are marked failed",
                                       err=True)
                     self.progress.lose_ranks([p], "was lost (its process stopped responding)")
-            time.sleep(0.2)
+            time.sleep(0.05)
         claimed = min(store.add("claimed", 0), len(self.todo))
         for name in self.todo[claimed:]:
             self.progress.handle(-1, {"type": "failed", "video": name, "reason": "not processed: every worker stopped"})
@@ -364,44 +365,49 @@ class _Worker:
     local_rank: int
     conn: object
     handle: object  # a Process, or a Thread when the worker runs in this process
-    retry: list = field(default_factory=list)  # videos to try again, one at a time, before new ones
+    only: Optional[str] = None  # a retry: the one video this worker runs, alone, before it exits
+    given: bool = False
     held: dict = field(default_factory=dict)  # name -> attempt
     waiting_claims: int = 0
     ready: bool = False
     clean_exit: bool = False
-    deaths_without_progress: int = 0
 
 
 class Supervisor:
     """Starts this process's workers, serves their claims from the shared queue, publishes
-    their events, and replaces a worker that dies."""
+    their events, and replaces a worker that dies. The videos a dead worker held are tried
+    once more, each by a fresh worker that runs that video alone (a video that kills its
+    worker cannot take innocent neighbours down twice); then the rank goes back to the queue."""
 
-    def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], inline_backbone=None):
+    def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], inline_backbone=None,
+                 worker=None):
         self.group, self.cfg, self.data_path, self.todo = group, cfg, data_path, todo
+        self.worker = worker or _worker_main  # the tests' simulated workers speak the same protocol
         self.log = EventLog(group)
-        self.inline_backbone = inline_backbone  # run the one worker as a thread, with this backbone
+        self.inline_backbone = inline_backbone  # run the workers as threads, with this backbone
         self.cpu_threads = max(1, (os.cpu_count() or 1) // len(group.ranks))
         self.attempts: dict[str, int] = {}
+        self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again
+        self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths since its last finished video
         self.ctx = mp.get_context("spawn")
 
-    def _start(self, rank: int, local_rank: int, retry: list) -> _Worker:
+    def _start(self, rank: int, local_rank: int, only: Optional[str] = None) -> _Worker:
         mine, theirs = self.ctx.Pipe(duplex=True)
         args = (rank, local_rank, self.cfg, self.data_path, theirs, self.cpu_threads)
         if self.inline_backbone is not None:
-            handle = threading.Thread(target=_worker_main, args=(*args, self.inline_backbone), daemon=True,
+            handle = threading.Thread(target=self.worker, args=(*args, self.inline_backbone), daemon=True,
                                       name=f"worker{rank}")
             handle.start()
         else:
-            handle = self.ctx.Process(target=_worker_main, args=args, daemon=False, name=f"worker{rank}")
+            handle = self.ctx.Process(target=self.worker, args=args, daemon=False, name=f"worker{rank}")
             handle.start()
             theirs.close()  # so that this end sees EOF when the worker exits
-        return _Worker(rank, local_rank, mine, handle, retry=list(retry))
+        return _Worker(rank, local_rank, mine, handle, only=only)
 
     def run(self) -> None:
         if not self.todo:
             return
-        workers = {w.conn: w for w in (self._start(r, lr, []) for r, lr in zip(self.group.ranks,
-                                                                               self.group.local_ranks))}
+        workers = {w.conn: w for w in (self._start(r, lr) for r, lr in zip(self.group.ranks, self.group.local_ranks))}
         last_beat = 0.0
         try:
             while workers:
@@ -411,9 +417,9 @@ class Supervisor:
                         msg = conn.recv()
                     except (EOFError, OSError):
                         del workers[conn]
-                        replacement = self._ended(worker)
-                        if replacement is not None:
-                            workers[replacement.conn] = replacement
+                        successor = self._ended(worker)
+                        if successor is not None:
+                            workers[successor.conn] = successor
                         continue
                     self._message(worker, msg)
                 if time.monotonic() - last_beat > HEARTBEAT_S:
@@ -430,6 +436,7 @@ class Supervisor:
     def _message(self, worker: _Worker, msg) -> None:
         if msg[0] == "claim":
             worker.waiting_claims += 1
+            self._serve_claims(worker)
         elif msg[0] == "exit":
             worker.clean_exit = True
         else:
@@ -438,22 +445,17 @@ class Supervisor:
                 worker.ready = True
             elif ev["type"] in ("done", "failed"):
                 worker.held.pop(ev["video"], None)
-                worker.deaths_without_progress = 0
+                self.deaths[worker.rank] = 0
             self._publish(worker, ev)
-        self._serve_claims(worker)
 
     def _serve_claims(self, worker: _Worker) -> None:
         while worker.waiting_claims:
-            if worker.retry:  # a video that was held by a dead worker runs alone
-                if worker.held:
-                    return
-                name = worker.retry.pop(0)
-            elif any(attempt > 1 for attempt in worker.held.values()):
-                return
+            worker.waiting_claims -= 1
+            if worker.only is not None:
+                name, worker.given = (None if worker.given else worker.only), True
             else:
                 i = self.group.store.add("claimed", 1) - 1
                 name = self.todo[i] if i < len(self.todo) else None
-            worker.waiting_claims -= 1
             if name is None:
                 worker.conn.send(None)
                 continue
@@ -462,48 +464,51 @@ class Supervisor:
             self._publish(worker, {"type": "claimed", "video": name, "attempt": attempt})
             worker.conn.send((name, attempt))
 
+    def _queue_left(self) -> bool:
+        return self.group.store.add("claimed", 0) < len(self.todo)
+
     def _ended(self, worker: _Worker) -> Optional[_Worker]:
-        """The worker's connection closed: it finished, or it died. Returns its replacement."""
+        """The worker's connection closed: it finished, or it died. Returns its successor."""
         handle = worker.handle
         handle.join(timeout=30)
-        exitcode = None if isinstance(handle, threading.Thread) else handle.exitcode
         worker.conn.close()
-        if worker.clean_exit and not worker.held and not worker.retry:
-            self._publish(worker, {"type": "worker_end"})
-            return None
-        why = "stopped" if isinstance(handle, threading.Thread) else _signal_name(exitcode)
-        retry, failed = [], []
-        for name in worker.retry + sorted(worker.held, key=lambda n: worker.held[n]):
-            (retry if self.attempts.get(name, 0) < 2 else failed).append(name)
-        for name in failed:
-            self._publish(worker, {"type": "failed", "video": name,
-                                   "reason": f"the worker died while holding it, twice (last: {why})"})
-        worker.deaths_without_progress += 1
-        can_restart = worker.ready and worker.deaths_without_progress <= 2 and self.inline_backbone is None
-        if retry and can_restart:
-            self._publish(worker, {"type": "warning", "video": None,
-                                   "msg": f"worker died ({why}) holding {', '.join(retry)}: restarting it, "
-                                          "to try each of them once more, alone"})
-        elif retry:
-            for name in retry:
-                self._publish(worker, {"type": "failed", "video": name,
-                                       "reason": f"the worker died while holding it ({why}) and could not be restarted"})
-            retry = []
-        if not can_restart:
-            if not worker.ready:
+        rank = worker.rank
+        if not (worker.clean_exit and not worker.held):
+            why = "stopped" if isinstance(handle, threading.Thread) else _signal_name(handle.exitcode)
+            self.deaths[rank] += 1
+            if worker.only is not None and not worker.given:  # died before it took its video
+                self.retries[rank].insert(0, worker.only)
+            again = []
+            for name in sorted(worker.held, key=worker.held.get):
+                if self.attempts[name] >= 2:
+                    self._publish(worker, {"type": "failed", "video": name,
+                                           "reason": f"its worker died on both attempts (last: {why})"})
+                else:
+                    again.append(name)
+                    self._publish(worker, {"type": "released", "video": name})
+            self.retries[rank].extend(again)
+            can_restart = worker.ready and self.deaths[rank] <= 2 and self.inline_backbone is None
+            if not can_restart:
+                for name in self.retries[rank]:
+                    self._publish(worker, {"type": "failed", "video": name,
+                                           "reason": f"its worker died ({why}) and could not be restarted"})
+                self.retries[rank] = []
                 self._publish(worker, {"type": "warning", "video": None,
-                                       "msg": f"worker stopped before its model was ready ({why}): "
+                                       "msg": f"worker stopped ({why}){'' if worker.ready else ' before its model was ready'}: "
                                               "the other workers carry on"})
+                self._publish(worker, {"type": "worker_end"})
+                return None
+            held = f" holding {', '.join(again)}: each is tried once more, alone" if again else ""
+            self._publish(worker, {"type": "warning", "video": None, "msg": f"worker died ({why}){held}"})
+        if self.retries[rank]:
+            successor = self._start(rank, worker.local_rank, only=self.retries[rank].pop(0))
+        elif (worker.only is not None or not worker.clean_exit) and self._queue_left():
+            successor = self._start(rank, worker.local_rank)
+        else:
             self._publish(worker, {"type": "worker_end"})
             return None
-        for name in retry:
-            self._publish(worker, {"type": "released", "video": name})
-        if not retry:
-            self._publish(worker, {"type": "warning", "video": None, "msg": f"worker died ({why}): restarting it"})
-        replacement = self._start(worker.rank, worker.local_rank, retry)
-        replacement.ready = True  # it started before; a death at start-up counts against it again
-        replacement.deaths_without_progress = worker.deaths_without_progress
-        return replacement
+        successor.ready = True  # it started before: a death at start-up counts against the rank
+        return successor
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,7 +516,7 @@ class Supervisor:
 
 
 def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list[str]], summary: RunSummary,
-              on_video=None, inline_backbone=None) -> RunSummary:
+              on_video=None, inline_backbone=None, worker=None) -> RunSummary:
     """Runs this process's share of the group's work. Process 0 passes the videos to do
     (names in data_path, longest first) and gets the whole run's summary; the others read
     the list from the store."""
@@ -524,7 +529,7 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
     else:
         todo = read_todo(group)
     try:
-        Supervisor(group, cfg, data_path, todo, inline_backbone).run()
+        Supervisor(group, cfg, data_path, todo, inline_backbone, worker).run()
     finally:
         group.store.set(f"finished/{group.process}", "1")
         group.store.add("processes_finished", 1)

@@ -73,6 +73,7 @@ class VideoJob:
     decoded: bool = False
     failed: bool = False
     decoder: str = ""  # which decoder read it
+    rotation: int = 0  # display rotation applied to its frames
     decode_s: float = 0.0
     model_s: float = 0.0
     t_claimed: float = field(default_factory=time.perf_counter)
@@ -125,7 +126,7 @@ class ClipPrefetcher:
         try:
             dec = self._open(job.path)
             job.decoder = dec.name
-            job.num_frames, job.fps = dec.info.num_frames, dec.info.fps
+            job.num_frames, job.fps, job.rotation = dec.info.num_frames, dec.info.fps, dec.info.rotation
             job.starts = clip_starts(job.num_frames, cfg.clip_len, cfg.stride)
             if job.num_frames < cfg.clip_len:
                 self.report({"type": "warning", "video": job.path.name,
@@ -161,7 +162,7 @@ class ClipPrefetcher:
         dec = VideoDecoder(path, cfg.num_threads)
         if cfg.decoder == "auto":
             info = dec.info
-            if info.num_frames * info.height * info.width * 3 <= cfg.read_ahead_bytes:
+            if info.rotation == 0 and info.num_frames * info.height * info.width * 3 <= cfg.read_ahead_bytes:
                 dec.close()
                 return DecordDecoder(path, cfg.num_threads)
         return dec
@@ -210,7 +211,8 @@ class Saver:
             self.report({
                 "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
                 "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts), "frames": job.num_frames,
-                "fps": job.fps, "width": int(job.features.shape[1]), "decoder": job.decoder, "decode_s": job.decode_s,
+                "fps": job.fps, "width": int(job.features.shape[1]), "decoder": job.decoder, "rotation": job.rotation,
+                "decode_s": job.decode_s,
                 "model_s": job.model_s, "save_s": time.perf_counter() - t0,
                 "wall_s": time.perf_counter() - job.t_claimed,
             })

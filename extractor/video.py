@@ -55,8 +55,25 @@ def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarr
 class VideoInfo:
     num_frames: int
     fps: float
-    height: int
+    height: int  # of the frames as displayed (after rotation)
     width: int
+    rotation: int = 0  # display rotation, degrees counterclockwise: 0, 90, 180 or 270
+
+
+def quarter_turns(rotation: float) -> int:
+    """FFmpeg's display rotation (degrees the frame is turned counterclockwise to be shown
+    upright) as a number of np.rot90 / torch.rot90 quarter turns, 0..3."""
+    return int(round(rotation / 90.0)) % 4
+
+
+def display_rotation(path: Path) -> int:
+    """The display rotation of a video's first frame (0 if it has none), read with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            return quarter_turns(getattr(frame, "rotation", 0) or 0) * 90
+    return 0
 
 
 def check_readable(path: Path) -> None:
@@ -110,7 +127,19 @@ class VideoDecoder:
         if num_frames <= 0:
             self.close()
             raise DecodeError("no video frames")
-        self.info = VideoInfo(num_frames, fps, int(ctx.height), int(ctx.width))
+        # The first frame tells the display rotation (phone videos); it is kept for chunks().
+        self._decoded = self._demuxed_frames()
+        try:
+            self._first = next(self._decoded)
+        except StopIteration:
+            self.close()
+            raise DecodeError("no video frames") from None
+        except Exception as e:
+            self.close()
+            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
+        self.turns = quarter_turns(getattr(self._first, "rotation", 0) or 0)
+        h, w = int(ctx.height), int(ctx.width)
+        self.info = VideoInfo(num_frames, fps, *((w, h) if self.turns % 2 else (h, w)), rotation=self.turns * 90)
 
     def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yields (frame indices, uint8 frames (n, H, W, 3)) for `indices` (sorted) in order;
@@ -128,9 +157,12 @@ class VideoDecoder:
                         position += 1
                         if position - 1 == want:
                             break
-                    if (frame.height, frame.width) != (h, w):
-                        raise DecodeError(f"frame {int(want)} is {frame.width}x{frame.height}, expected {w}x{h}")
-                    out[k] = frame.to_ndarray(format="rgb24")
+                    rgb = frame.to_ndarray(format="rgb24")
+                    if self.turns:  # shown upright, as a player would
+                        rgb = np.rot90(rgb, self.turns)
+                    if rgb.shape[:2] != (h, w):
+                        raise DecodeError(f"frame {int(want)} is {rgb.shape[1]}x{rgb.shape[0]}, expected {w}x{h}")
+                    out[k] = rgb
                 a += len(idx)
                 yield idx, out
         except DecodeError:
@@ -141,6 +173,13 @@ class VideoDecoder:
             raise DecodeError(f"decoding failed near frame {position} of {self.info.num_frames} ({first_line(e)})") from None
 
     def _frames(self):
+        if self._first is None:
+            raise DecodeError("chunks() can be read once per decoder")
+        first, self._first = self._first, None
+        yield first
+        yield from self._decoded
+
+    def _demuxed_frames(self):
         for packet in self.container.demux(self.stream):
             yield from packet.decode()
 
@@ -167,8 +206,11 @@ class DecordDecoder:
             num_frames = len(self.reader)
             fps = float(self.reader.get_avg_fps())
             if num_frames > 0:
-                h, w = self.reader[0].shape[:2]
+                h, w, channels = self.reader[0].shape
                 self.reader.seek(0)
+                if channels != 3:  # decord 0.6 on a video with a display rotation
+                    raise DecodeError(f"decord returns {channels}-channel frames for this video (it mishandles "
+                                      "rotated videos): --decoder auto or cpu reads it")
             else:
                 h = w = 0
         except DecodeError:
@@ -249,7 +291,10 @@ class NvdecDecoder:
                                                  output_color_type=nvc.OutputColorType.RGB,
                                                  **_torch_cuda_context(gpu_id))
             meta = self.decoder.get_stream_metadata()
-            self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps), int(meta.height), int(meta.width))
+            self.turns = display_rotation(path) // 90
+            h, w = int(meta.height), int(meta.width)
+            self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps),
+                                  *((w, h) if self.turns % 2 else (h, w)), rotation=self.turns * 90)
         except Exception as e:
             raise DecodeError(f"not decodable by NVDEC ({first_line(e)})") from None
         if self.info.num_frames <= 0:
@@ -271,6 +316,8 @@ class NvdecDecoder:
             if keep.any():
                 # copy out of the decoder's surfaces, which the next call reuses
                 batch = torch.stack([torch.from_dlpack(f) for f, k in zip(frames, keep) if k])
+                if self.turns:
+                    batch = torch.rot90(batch, self.turns, dims=(1, 2))
                 yield ids[keep], batch
 
     def close(self):

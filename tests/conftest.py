@@ -17,11 +17,73 @@ TINY_CKPT = FIXTURES / "llava_vit" / "tiny_t4_64px.ckpt.pt"  # width 128, 2 laye
 HF_TINY = FIXTURES / "onevision_encoder_hf" / "tiny"
 
 
-def run_cli(*args, timeout=300):
+def cli_env(**extra) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **extra}
+
+
+def cli_command(*args) -> list:
+    return [sys.executable, str(ROOT / "feat_extraction.py"), *map(str, args)]
+
+
+def run_cli(*args, timeout=300, env=None, preexec_fn=None):
     """Runs feat_extraction.py in a fresh interpreter; returns CompletedProcess (text)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
-    cmd = [sys.executable, str(ROOT / "feat_extraction.py"), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
+                          env=env or cli_env(), cwd=ROOT, preexec_fn=preexec_fn)
+
+
+def without_permission_override():
+    """preexec_fn: the child cannot read past file permissions even as root (drops
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec), so that
+    a chmod 000 file is unreadable in the test whoever runs it."""
+    import ctypes
+
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "cannot drop file-permission capabilities")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_frames(path: Path, frames, fps: int = 30, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                 pts_ms=None, rotation: int = 0):
+    """Encodes uint8 RGB frames (n, H, W, 3) with PyAV: optional per-frame timestamps in
+    milliseconds (a variable frame rate) and a display rotation (degrees counterclockwise)."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        if pts_ms is not None:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = int(pts_ms[i]), fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def synthetic_frames(n: int, height: int, width: int) -> np.ndarray:
+    from extractor.demo import synthetic_frame
+
+    return np.stack([synthetic_frame(i, height, width) for i in range(n)])
 
 
 def tiny_args(data, save, *extra):

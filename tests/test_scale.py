@@ -1,0 +1,171 @@
+"""Scale and survive: torchrun and srun groups on the CPU, a shared queue that balances
+workers, dead workers, and a run killed with SIGKILL then resumed."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_CKPT, cli_command, cli_env, free_port, run_cli, tiny_args
+from extractor.demo import write_video
+from extractor.launch import RunSummary, local_group, order_longest_first, run_group
+from extractor.outputs import read_manifest
+from extractor.pipeline import RunConfig
+
+
+@pytest.fixture(scope="module")
+def five_videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("five")
+    for i, n in enumerate([40, 24, 30, 20, 50]):
+        write_video(d / f"v{i}.mp4", n, width=64, height=48)
+    return d
+
+
+def done_names(stdout: str) -> list:
+    return sorted(line.split("] ", 1)[1].split(":")[0] for line in stdout.splitlines() if " clips (" in line)
+
+
+def check_every_video_once(out: Path, names: list):
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(n[:-4] + ".npy" for n in names)
+    manifest = read_manifest(out)
+    assert sorted(manifest) == sorted(names) and all(e["status"] == "done" for e in manifest.values())
+    for name in names:
+        assert np.load(out / (name[:-4] + ".npy")).shape[1] == 128
+
+
+def test_torchrun_two_nodes_of_two_processes(five_videos, tmp_path):
+    """Two torchrun 'nodes' on localhost, two processes each: every video done exactly once."""
+    port = free_port()
+    out = tmp_path / "out"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+         "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         *cli_command(*tiny_args(five_videos, out))[1:]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(OMP_NUM_THREADS="1"), cwd=ROOT)
+        for node in (0, 1)]
+    logs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs
+    stdout = logs[0][0] + logs[1][0]
+    assert "device cpu x4 in 4 processes" in stdout
+    assert done_names(stdout) == [f"v{i}.mp4" for i in range(5)]  # each once, all reported by process 0
+    assert "summary: 5 done" in stdout
+    check_every_video_once(out, [f"v{i}.mp4" for i in range(5)])
+    ranks = {line.split("]")[0] for line in stdout.splitlines() if " clips (" in line}
+    assert len(ranks) >= 2  # the work was shared
+
+
+def test_srun_tasks_form_a_group(five_videos, tmp_path):
+    """Slurm's srun variables (no srun needed to test them): two tasks, one group."""
+    out = tmp_path / "out"
+    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4242", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    procs = [subprocess.Popen(cli_command(*tiny_args(five_videos, out)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=cli_env(OMP_NUM_THREADS="1", SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base))
+             for r in (0, 1)]
+    logs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "device cpu x2 in 2 processes" in logs[0][0] and logs[1][0] == ""
+    check_every_video_once(out, [f"v{i}.mp4" for i in range(5)])
+    # without a rendezvous address: one line, exit 2
+    env = cli_env(SLURM_NTASKS="2", SLURM_PROCID="0")
+    env.pop("MASTER_ADDR", None)
+    res = run_cli(*tiny_args(five_videos, tmp_path / "x"), env=env)
+    assert res.returncode == 2 and "MASTER_ADDR" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_dead_worker_is_replaced_its_video_retried_once_then_recorded(five_videos, tmp_path):
+    """A worker killed (SIGKILL) on v0 the first time: v0 is done on the retry. A worker
+    killed on v3 every time: v3 is in failed_videos.txt. The others are done; exit 1."""
+    out = tmp_path / "out"
+    env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="v0.mp4:1,v3.mp4:*", OMP_NUM_THREADS="1")
+    res = run_cli(*tiny_args(five_videos, out, "--world_size", "2"), env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert "killed by SIGKILL" in res.stderr and "v0.mp4" in res.stderr
+    failed = (out / "failed_videos.txt").read_text().splitlines()
+    assert len(failed) == 1 and failed[0].startswith("v3.mp4\t") and "both attempts" in failed[0]
+    assert done_names(res.stdout) == ["v0.mp4", "v1.mp4", "v2.mp4", "v4.mp4"]
+    manifest = read_manifest(out)
+    assert manifest["v3.mp4"]["status"] == "failed" and manifest["v0.mp4"]["status"] == "done"
+    assert "summary: 4 done, 0 skipped, 1 failed" in res.stdout
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path):
+    """SIGKILL the whole run (twice, at different moments), then run the same command: it
+    completes, every file under a final name is whole, finished videos are not redone."""
+    data = tmp_path / "videos"
+    for i in range(6):
+        write_video(data / f"clip{i}.mp4", 24 + 8 * i, width=64, height=48)
+    out = tmp_path / "out"
+    args = tiny_args(data, out, "--batch_clips", "2")
+    kept = {}
+    for wanted in (1, 3):  # kill once the wanted number of files exist
+        proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=cli_env(), cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("*.npy"))) < wanted and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for f in out.glob("*.npy"):  # a file under its final name is always whole
+            assert np.load(f).shape[1] == 128
+            kept.setdefault(f.name, f.stat().st_mtime_ns)
+    assert 1 <= len(kept) < 6
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{6 - len(kept)} to do, {len(kept)} already done" in res.stdout
+    for name, mtime in kept.items():
+        assert (out / name).stat().st_mtime_ns == mtime  # not recomputed
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"clip{i}.npy" for i in range(6)]
+    assert not list(out.glob(".*.tmp"))
+    assert all(e["status"] == "done" for e in read_manifest(out).values())
+
+
+def _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, backbone):
+    """Speaks the workers' protocol; 'processing' a video sleeps in proportion to its size."""
+    seconds_per_byte = backbone
+    while True:
+        conn.send(("claim",))
+        reply = conn.recv()
+        if reply is None:
+            break
+        name, _ = reply
+        size = (data_path / name).stat().st_size
+        time.sleep(size * seconds_per_byte)
+        conn.send(("event", {"type": "done", "video": name, "clips": 1, "frames": 16, "fps": 30.0, "decoder": "sim",
+                             "decode_s": 0.0, "model_s": 0.0, "save_s": 0.0}))
+    conn.send(("exit",))
+    conn.close()
+
+
+def test_longest_first_queue_balances_workers(tmp_path):
+    """Four simulated workers on the real queue, videos of 10 s to 5 min (file size
+    standing for length): all of them run out of work at nearly the same time, where the
+    original's fixed stripe (videos[rank::4]) leaves one working long after the others."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 300, size=24)
+    data = tmp_path / "videos"
+    data.mkdir()
+    for i, n in enumerate(lengths):
+        with open(data / f"v{i:02d}.mp4", "wb") as f:
+            f.truncate(int(n) * 1000)
+    workers, total_s = 4, 4.0
+    seconds_per_byte = total_s / (lengths.sum() * 1000)
+    summary = RunSummary()
+    cfg = RunConfig(save_path=tmp_path, ckpt_path=tmp_path)
+    todo = [p.name for p in order_longest_first(sorted(data.iterdir()))]
+    run_group(local_group(workers), cfg, data, todo, summary, inline_backbone=seconds_per_byte,
+              worker=_simulated_worker)
+    assert summary.done == 24 and not summary.failed
+    spread, fraction = summary.end_idle()
+    per_worker = [lengths[r::workers].sum() * 1000 * seconds_per_byte for r in range(workers)]
+    striped_spread = max(per_worker) - min(per_worker)
+    assert fraction < 0.05, (spread, summary.worker_end_s)
+    assert spread < striped_spread / 3, (spread, striped_spread)
