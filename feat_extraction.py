@@ -9,7 +9,9 @@ Run `python feat_extraction.py --help` for the flags, `--demo` for a self-contai
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 PRESETS = {  # data_set -> (clip_len, stride)
@@ -215,6 +217,9 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     launcher = launcher_environment()
+    # SIGTERM (torchrun, Slurm, kill) ends the run like Ctrl-C: workers are stopped, finished files kept
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cfg, videos, world_size, backbone = resolve(args, launcher)
     except UsageError as e:

@@ -86,6 +86,7 @@ class Group:
     ranks: list  # the worker ranks this process supervises
     local_ranks: list  # ... and their GPU index on this node
     world_size: int  # workers in the whole run
+    node_workers: int = 1  # workers on this node, which share its CPU cores
 
     @property
     def coordinator(self) -> bool:
@@ -101,17 +102,20 @@ def launcher_environment() -> Optional[dict]:
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         local = int(env.get("LOCAL_RANK", rank))
+        node_workers = int(env.get("LOCAL_WORLD_SIZE", "1"))
         source = "torchrun"
     elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
         local = int(env.get("SLURM_LOCALID", "0"))
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+        node_workers = int(per_node) if per_node.isdigit() else 1
         source = "srun"
     else:
         return None
     addr = env.get("MASTER_ADDR")
     port = env.get("MASTER_PORT") or (str(20000 + int(env["SLURM_JOB_ID"]) % 20000) if "SLURM_JOB_ID" in env else None)
     return {"rank": rank, "world_size": world, "local_rank": local, "master_addr": addr, "master_port": port,
-            "source": source}
+            "source": source, "node_workers": max(1, node_workers)}
 
 
 def join_launcher_group(env: dict, timeout_s: float = 1800.0) -> Group:
@@ -123,7 +127,7 @@ def join_launcher_group(env: dict, timeout_s: float = 1800.0) -> Group:
                       MASTER_ADDR=env["master_addr"], MASTER_PORT=str(env["master_port"]))
     store, rank, world = next(rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
     return Group(PrefixStore("feat_extraction/", store), process=rank, processes=world, ranks=[rank],
-                 local_ranks=[env["local_rank"]], world_size=world)
+                 local_ranks=[env["local_rank"]], world_size=world, node_workers=env["node_workers"])
 
 
 def local_group(world_size: int) -> Group:
@@ -132,7 +136,7 @@ def local_group(world_size: int) -> Group:
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, use_libuv=True,
                      timeout=timedelta(seconds=1800))
     return Group(store, process=0, processes=1, ranks=list(range(world_size)), local_ranks=list(range(world_size)),
-                 world_size=world_size)
+                 world_size=world_size, node_workers=world_size)
 
 
 def publish_todo(group: Group, names: list[str]) -> None:
@@ -156,8 +160,11 @@ class EventLog:
     def count(self) -> int:
         return self.store.add("events", 0)
 
-    def read(self, seq: int) -> dict:
-        return json.loads(self.store.get(f"event/{seq}"))
+    def take(self, seq: int) -> dict:
+        key = f"event/{seq}"
+        ev = json.loads(self.store.get(key))
+        self.store.delete_key(key)
+        return ev
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,7 +278,7 @@ class Coordinator(threading.Thread):
             available = self.log.count()
             while read < available:
                 read += 1
-                ev = self.log.read(read)
+                ev = self.log.take(read)
                 self.progress.handle(ev["rank"], ev)
             if finished + len(lost) >= processes and read == self.log.count():
                 break
@@ -319,10 +326,22 @@ def _injected_fault(name: str, attempt: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its supervisor dies (no orphans left decoding)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int,
                  backbone=None):
     """A worker: claims videos from its supervisor over `conn` and runs the pipeline on
     them. Runs as a child process, or as a thread of the supervisor's process."""
+    if backbone is None:
+        _die_with_parent()
     send_lock, claim_lock = threading.Lock(), threading.Lock()
 
     def send(msg):
@@ -385,7 +404,8 @@ class Supervisor:
         self.worker = worker or _worker_main  # the tests' simulated workers speak the same protocol
         self.log = EventLog(group)
         self.inline_backbone = inline_backbone  # run the workers as threads, with this backbone
-        self.cpu_threads = max(1, (os.cpu_count() or 1) // len(group.ranks))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cpu_threads = max(1, cores // group.node_workers)
         self.attempts: dict[str, int] = {}
         self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again
         self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths since its last finished video

@@ -169,3 +169,36 @@ def test_longest_first_queue_balances_workers(tmp_path):
     striped_spread = max(per_worker) - min(per_worker)
     assert fraction < 0.05, (spread, summary.worker_end_s)
     assert spread < striped_spread / 3, (spread, striped_spread)
+
+
+def _children(pid: int) -> list:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_command_leaves_no_workers_behind(five_videos, tmp_path, how):
+    """SIGTERM (as torchrun or Slurm send) ends the run like Ctrl-C, exit 130; SIGKILL of the
+    command alone takes its worker processes with it (no orphans left decoding)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cli_command(*tiny_args(five_videos, out, "--world_size", "2", "--batch_clips", "2")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # two workers and multiprocessing's tracker
+        time.sleep(0.1)
+    kids = _children(proc.pid)
+    assert len(kids) >= 3
+    time.sleep(2)
+    proc.send_signal(how)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if how == signal.SIGTERM else -9)
+    if how == signal.SIGTERM:
+        assert "interrupted" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{k}").exists() for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in
+             Path(f"/proc/{k}/stat").read_text().split(")")[-1].split()[0]]
+    assert not alive
