@@ -160,8 +160,13 @@ class EventLog:
     def count(self) -> int:
         return self.store.add("events", 0)
 
-    def take(self, seq: int) -> dict:
+    def take(self, seq: int) -> Optional[dict]:
+        """Event `seq`, or None if its publisher has numbered it but not yet written it. Never
+        a blocking get: it would hold the store client that the publisher, in this same
+        process, needs to write the event."""
         key = f"event/{seq}"
+        if not self.store.check([key]):
+            return None
         ev = json.loads(self.store.get(key))
         self.store.delete_key(key)
         return ev
@@ -277,8 +282,10 @@ class Coordinator(threading.Thread):
             finished = store.add("processes_finished", 0)
             available = self.log.count()
             while read < available:
+                ev = self.log.take(read + 1)
+                if ev is None:
+                    break
                 read += 1
-                ev = self.log.take(read)
                 self.progress.handle(ev["rank"], ev)
             if finished + len(lost) >= processes and read == self.log.count():
                 break

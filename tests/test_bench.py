@@ -19,3 +19,16 @@ def test_benchmark_quick_runs_on_cpu(tmp_path):
             assert r["clips"] > 0 and r["clips_per_s"] > 0
         assert results[f"{corpus}/ours_end_to_end"]["clips"] == results[f"{corpus}/original_fp32_b20"]["clips"]
     assert "x original" in res.stdout
+
+
+def test_balance_benchmark_quick_runs_on_cpu(tmp_path):
+    """`bench/balance.py --quick`: one worker against two on a mixed-length corpus."""
+    import json
+
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "balance.py"), str(tmp_path), "--quick", "--json",
+                          str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert [r["world_size"] for r in runs] == [1, 2]
+    assert runs[0]["clips"] == runs[1]["clips"] > 0 and runs[0]["videos"] == runs[1]["videos"] == 6
+    assert "speed-up x" in res.stdout

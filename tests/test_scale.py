@@ -202,3 +202,17 @@ def test_stopping_the_command_leaves_no_workers_behind(five_videos, tmp_path, ho
     alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in
              Path(f"/proc/{k}/stat").read_text().split(")")[-1].split()[0]]
     assert not alive
+
+
+def test_event_log_never_blocks_on_an_event_not_yet_written():
+    """The coordinator shares its process's store client with a publisher: reading an event
+    that is numbered but not yet written must return, not wait (that wait deadlocked)."""
+    from extractor.launch import EventLog
+
+    log = EventLog(local_group(1))
+    log.store.add("events", 1)  # a publisher has taken number 1 ...
+    t0 = time.monotonic()
+    assert log.take(1) is None and time.monotonic() - t0 < 1.0
+    log.store.set("event/1", '{"type": "warning", "rank": 0}')  # ... and now written it
+    assert log.take(1)["type"] == "warning"
+    assert not log.store.check(["event/1"])  # read events leave the store
