@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
     r.add_argument("--prefetch", type=positive_int, default=8, help="decoded frame chunks queued per worker")
     r.add_argument("--overwrite", action="store_true", help="recompute videos whose feature file exists")
+    r.add_argument("--lost_after_s", type=positive_int, default=120,
+                   help="torchrun/srun runs: seconds without a heartbeat after which process 0 treats another "
+                        "process (a node that died) as lost and records the videos it held as failed")
     r.add_argument("--demo", action="store_true",
                    help="run on a generated sample video with a small RANDOM-weights checkpoint (./demo_data)")
     return p
@@ -176,7 +179,8 @@ def resolve(args: argparse.Namespace, launcher=None):
         dtype=dtype, compile=compile_model, decoder=args.decoder, read_ahead_bytes=args.read_ahead_mb << 20,
         num_threads=args.num_threads, prefetch=args.prefetch,
         parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
-        temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext)
+        temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
+        lost_after_s=args.lost_after_s)
     try:
         backbone = open_backbone(args.model_type, args.ckpt_path, cfg.backbone_options())
     except CheckpointError as e:

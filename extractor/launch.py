@@ -34,8 +34,6 @@ import torch.multiprocessing as mp
 
 from .pipeline import RunConfig, run_worker
 
-STALE_AFTER_S = 120.0  # a process whose heartbeat has not moved for this long is lost
-HEARTBEAT_S = 5.0
 
 
 @dataclass
@@ -263,9 +261,9 @@ class Coordinator(threading.Thread):
     """Process 0's reader of the event log, until every process of the group has finished
     (or stopped sending heartbeats)."""
 
-    def __init__(self, group: Group, progress: Progress, todo: list[str]):
+    def __init__(self, group: Group, progress: Progress, todo: list[str], lost_after_s: float):
         super().__init__(daemon=True, name="coordinator")
-        self.group, self.progress, self.todo = group, progress, todo
+        self.group, self.progress, self.todo, self.lost_after_s = group, progress, todo, lost_after_s
         self.log = EventLog(group)
         self.error: Optional[BaseException] = None
 
@@ -296,10 +294,10 @@ class Coordinator(threading.Thread):
                 beat = store.add(f"beat/{p}", 0)
                 if beats.get(p, (None, None))[0] != beat:
                     beats[p] = (beat, now)
-                elif now - beats[p][1] > STALE_AFTER_S:
+                elif now - beats[p][1] > self.lost_after_s:
                     lost.add(p)
-                    self.progress.say(f"process {p} stopped sending heartbeats: its videos are marked failed",
-                                      err=True)
+                    self.progress.say(f"process {p} sent no heartbeat for {self.lost_after_s:.0f}s: it is treated as "
+                                      "lost and the videos it held as failed", err=True)
                     self.progress.lose_ranks([p], "was lost (its process stopped responding)")
             time.sleep(0.05)
         claimed = min(store.add("claimed", 0), len(self.todo))
@@ -449,7 +447,7 @@ class Supervisor:
                             workers[successor.conn] = successor
                         continue
                     self._message(worker, msg)
-                if time.monotonic() - last_beat > HEARTBEAT_S:
+                if time.monotonic() - last_beat > min(5.0, self.cfg.lost_after_s / 4):
                     self.group.store.add(f"beat/{self.group.process}", 1)
                     last_beat = time.monotonic()
         finally:
@@ -551,7 +549,7 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
     if group.coordinator:
         publish_todo(group, todo)
         progress = Progress(len(todo), summary, on_video)
-        coordinator = Coordinator(group, progress, todo)
+        coordinator = Coordinator(group, progress, todo, cfg.lost_after_s)
         coordinator.start()
     else:
         todo = read_todo(group)

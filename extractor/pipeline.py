@@ -49,6 +49,7 @@ class RunConfig:
     prefix: str = ""
     suffix: str = ""
     ext: str = "npy"
+    lost_after_s: float = 120.0  # several processes: a process silent this long is lost
 
     def backbone_options(self) -> BackboneOptions:
         return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)

@@ -216,3 +216,30 @@ def test_event_log_never_blocks_on_an_event_not_yet_written():
     log.store.set("event/1", '{"type": "warning", "rank": 0}')  # ... and now written it
     assert log.take(1)["type"] == "warning"
     assert not log.store.check(["event/1"])  # read events leave the store
+
+
+def test_a_lost_process_does_not_stop_the_run(five_videos, tmp_path):
+    """Two srun-style tasks; task 1 is killed (SIGKILL, as when its node dies) while it
+    works. Process 0 notices the missing heartbeats, records what task 1 held as failed,
+    finishes the rest and ends; the same command run again completes the set."""
+    out = tmp_path / "out"
+    args = tiny_args(five_videos, out, "--batch_clips", "2", "--lost_after_s", "4")
+    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4243", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=cli_env(SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base)) for r in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.npy")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs[1].kill()
+    stdout, stderr = procs[0].communicate(timeout=120)
+    procs[1].communicate()
+    assert procs[0].returncode in (0, 1), stderr
+    assert "process 1 sent no heartbeat" in stderr and "Traceback" not in stderr
+    failed_file = out / "failed_videos.txt"
+    failed = [line.split("\t")[0] for line in failed_file.read_text().splitlines()] if failed_file.exists() else []
+    done = [p.stem + ".mp4" for p in out.glob("*.npy")]
+    assert sorted(done + failed) == [f"v{i}.mp4" for i in range(5)]
+    res = run_cli(*args)
+    assert res.returncode == 0 and f"{len(failed)} to do" in res.stdout
+    check_every_video_once(out, [f"v{i}.mp4" for i in range(5)])
