@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
     r.add_argument("--prefetch", type=positive_int, default=8, help="decoded frame chunks queued per worker")
     r.add_argument("--overwrite", action="store_true", help="recompute videos whose feature file exists")
+    r.add_argument("--decode_timeout_s", type=positive_int, default=600,
+                   help="a video whose decoding makes no progress for this long is taken as hung: its worker process "
+                        "is restarted and the video tried once more (then recorded as failed)")
     r.add_argument("--lost_after_s", type=positive_int, default=120,
                    help="torchrun/srun runs: seconds without a heartbeat after which process 0 treats another "
                         "process (a node that died) as lost and records the videos it held as failed")
@@ -180,7 +183,7 @@ def resolve(args: argparse.Namespace, launcher=None):
         num_threads=args.num_threads, prefetch=args.prefetch,
         parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
-        lost_after_s=args.lost_after_s)
+        lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s)
     try:
         backbone = open_backbone(args.model_type, args.ckpt_path, cfg.backbone_options())
     except CheckpointError as e:

@@ -319,15 +319,18 @@ def _signal_name(exitcode: Optional[int]) -> str:
 
 
 def _injected_fault(name: str, attempt: int) -> None:
-    """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*' kills the worker that
-    takes a.mp4 on its first attempt and b.mp4 on every attempt (SIGKILL, as a crash in a
-    decoder's C code or the OOM killer would)."""
+    """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*,c.mp4:*:hang' kills the
+    worker that takes a.mp4 on its first attempt and b.mp4 on every attempt (SIGKILL, as a
+    crash in a decoder's C code or the OOM killer would), and hangs the decoder thread that
+    takes c.mp4."""
     spec = os.environ.get("FEAT_EXTRACTION_KILL_WORKER_ON")
     if not spec:
         return
     for item in spec.split(","):
-        video, _, when = item.rpartition(":")
+        video, when, action = (item.split(":") + ["kill"])[:3]
         if video == name and (when == "*" or when == str(attempt)):
+            if action == "hang":
+                threading.Event().wait()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -395,13 +398,17 @@ class _Worker:
     waiting_claims: int = 0
     ready: bool = False
     clean_exit: bool = False
+    decoding: dict = field(default_factory=dict)  # name -> when its decoding last moved (monotonic)
+    stalled: list = field(default_factory=list)  # videos whose decoding hung: why the worker was killed
 
 
 class Supervisor:
     """Starts this process's workers, serves their claims from the shared queue, publishes
     their events, and replaces a worker that dies. The videos a dead worker held are tried
     once more, each by a fresh worker that runs that video alone (a video that kills its
-    worker cannot take innocent neighbours down twice); then the rank goes back to the queue."""
+    worker cannot take innocent neighbours down twice); then the rank goes back to the queue.
+    A rank whose worker dies three times in a row holding no video (at start-up, say) is
+    given up. A worker whose decoding hangs is killed first (`_watch`)."""
 
     def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], inline_backbone=None,
                  worker=None):
@@ -413,7 +420,7 @@ class Supervisor:
         self.cpu_threads = max(1, cores // group.node_workers)
         self.attempts: dict[str, int] = {}
         self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again
-        self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths since its last finished video
+        self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths in a row holding no video
         self.ctx = mp.get_context("spawn")
 
     def _start(self, rank: int, local_rank: int, only: Optional[str] = None) -> _Worker:
@@ -450,10 +457,22 @@ class Supervisor:
                 if time.monotonic() - last_beat > min(5.0, self.cfg.lost_after_s / 4):
                     self.group.store.add(f"beat/{self.group.process}", 1)
                     last_beat = time.monotonic()
+                    for worker in workers.values():
+                        self._watch(worker)
         finally:
             for worker in workers.values():
                 if not isinstance(worker.handle, threading.Thread) and worker.handle.is_alive():
                     worker.handle.kill()
+
+    def _watch(self, worker: _Worker) -> None:
+        """Kills a worker process in which a video's decoding has not moved for
+        --decode_timeout_s (a hung decoder): it is then handled as a worker that died.
+        (A worker that runs as a thread of this process cannot be killed.)"""
+        now = time.monotonic()
+        stalled = [n for n, t in worker.decoding.items() if now - t > self.cfg.decode_timeout_s]
+        if stalled and not worker.stalled and not isinstance(worker.handle, threading.Thread):
+            worker.stalled = stalled
+            worker.handle.kill()
 
     def _publish(self, worker: _Worker, ev: dict) -> None:
         self.log.publish(worker.rank, ev)
@@ -466,10 +485,18 @@ class Supervisor:
             worker.clean_exit = True
         else:
             ev = msg[1]
-            if ev["type"] == "ready":
+            kind = ev["type"]
+            if kind == "progress":  # the watchdog's, not the record's
+                worker.decoding[ev["video"]] = time.monotonic()
+                return
+            if kind == "decoded":
+                worker.decoding.pop(ev["video"], None)
+                return
+            if kind == "ready":
                 worker.ready = True
-            elif ev["type"] in ("done", "failed"):
+            elif kind in ("done", "failed"):
                 worker.held.pop(ev["video"], None)
+                worker.decoding.pop(ev["video"], None)
                 self.deaths[worker.rank] = 0
             self._publish(worker, ev)
 
@@ -486,6 +513,7 @@ class Supervisor:
                 continue
             attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
             worker.held[name] = attempt
+            worker.decoding[name] = time.monotonic()
             self._publish(worker, {"type": "claimed", "video": name, "attempt": attempt})
             worker.conn.send((name, attempt))
 
@@ -500,7 +528,12 @@ class Supervisor:
         rank = worker.rank
         if not (worker.clean_exit and not worker.held):
             why = "stopped" if isinstance(handle, threading.Thread) else _signal_name(handle.exitcode)
-            self.deaths[rank] += 1
+            if worker.stalled:
+                why = (f"killed: decoding {', '.join(worker.stalled)} made no progress for "
+                       f"{self.cfg.decode_timeout_s:.0f}s")
+            # A death with videos held uses up their attempts, so it cannot repeat forever;
+            # deaths holding nothing (at start-up, between videos) are counted.
+            self.deaths[rank] = 0 if worker.held else self.deaths[rank] + 1
             if worker.only is not None and not worker.given:  # died before it took its video
                 self.retries[rank].insert(0, worker.only)
             again = []

@@ -50,6 +50,7 @@ class RunConfig:
     suffix: str = ""
     ext: str = "npy"
     lost_after_s: float = 120.0  # several processes: a process silent this long is lost
+    decode_timeout_s: float = 600.0  # a video whose decoding makes no progress this long is hung
 
     def backbone_options(self) -> BackboneOptions:
         return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)
@@ -99,13 +100,14 @@ class ClipPrefetcher:
         for t in self.threads:
             t.start()
 
-    def _put(self, item) -> bool:
+    def _put(self, item, job: Optional[VideoJob] = None, last_progress: Optional[list] = None) -> bool:
         while not self.stop.is_set():
             try:
                 self.queue.put(item, timeout=0.2)
                 return True
             except queue.Full:
-                continue
+                if job is not None:  # waiting for the model is not a hung decoder
+                    self._progress(job, last_progress)
         return False
 
     def _loop(self):
@@ -120,9 +122,18 @@ class ClipPrefetcher:
         finally:
             self._put(("exit", None))
 
+    def _progress(self, job: VideoJob, last: list):
+        """Tells the supervisor, every few seconds, that this video's decoding moves (its
+        watchdog restarts a worker whose decoder hangs)."""
+        now = time.monotonic()
+        if now - last[0] > 2.0:
+            last[0] = now
+            self.report({"type": "progress", "video": job.path.name})
+
     def _decode(self, job: VideoJob):
         cfg = self.cfg
         t0 = time.perf_counter()
+        last_progress = [time.monotonic()]
         dec = None
         try:
             dec = self._open(job.path)
@@ -134,17 +145,19 @@ class ClipPrefetcher:
                              "msg": f"{job.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
                                     "one clip padded with its last frame"})
             job.decode_s += time.perf_counter() - t0
-            if not self._put(("open", job)):
+            if not self._put(("open", job), job, last_progress):
                 return
             frame_bytes = max(1, dec.info.height * dec.info.width * 3)
             chunk = max(1, min(cfg.chunk_frames, cfg.chunk_bytes // frame_bytes))
             for idx, frames in self._timed(job, dec.chunks(needed_frames(job.starts, cfg.clip_len, job.num_frames),
                                                             chunk)):
+                self._progress(job, last_progress)
                 tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
                 if self.pin:
                     tensor = tensor.pin_memory()
-                if not self._put(("frames", job, idx, tensor)):
+                if not self._put(("frames", job, idx, tensor), job, last_progress):
                     return
+            self.report({"type": "decoded", "video": job.path.name})
             self._put(("decoded", job))
         except DecodeError as e:
             self._put(("fail", job, str(e)))

@@ -80,21 +80,24 @@ def test_srun_tasks_form_a_group(five_videos, tmp_path):
     assert res.returncode == 2 and "MASTER_ADDR" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_dead_worker_is_replaced_its_video_retried_once_then_recorded(five_videos, tmp_path):
+def test_dead_or_hung_workers_are_replaced_their_videos_retried_once_then_recorded(five_videos, tmp_path):
     """A worker killed (SIGKILL) on v0 the first time: v0 is done on the retry. A worker
-    killed on v3 every time: v3 is in failed_videos.txt. The others are done; exit 1."""
+    killed on v3 every time, and a decoder that hangs on v2 every time: v2 and v3 are in
+    failed_videos.txt with the reason. The others are done; exit 1."""
     out = tmp_path / "out"
-    env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="v0.mp4:1,v3.mp4:*", OMP_NUM_THREADS="1")
-    res = run_cli(*tiny_args(five_videos, out, "--world_size", "2"), env=env)
+    env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="v0.mp4:1,v3.mp4:*,v2.mp4:*:hang", OMP_NUM_THREADS="1")
+    res = run_cli(*tiny_args(five_videos, out, "--world_size", "2", "--decode_timeout_s", "3"), env=env)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     assert "killed by SIGKILL" in res.stderr and "v0.mp4" in res.stderr
-    failed = (out / "failed_videos.txt").read_text().splitlines()
-    assert len(failed) == 1 and failed[0].startswith("v3.mp4\t") and "both attempts" in failed[0]
-    assert done_names(res.stdout) == ["v0.mp4", "v1.mp4", "v2.mp4", "v4.mp4"]
+    failed = dict(line.split("\t") for line in (out / "failed_videos.txt").read_text().splitlines())
+    assert sorted(failed) == ["v2.mp4", "v3.mp4"]
+    assert "both attempts" in failed["v3.mp4"] and "SIGKILL" in failed["v3.mp4"]
+    assert "both attempts" in failed["v2.mp4"] and "made no progress for 3s" in failed["v2.mp4"]
+    assert done_names(res.stdout) == ["v0.mp4", "v1.mp4", "v4.mp4"]
     manifest = read_manifest(out)
     assert manifest["v3.mp4"]["status"] == "failed" and manifest["v0.mp4"]["status"] == "done"
-    assert "summary: 4 done, 0 skipped, 1 failed" in res.stdout
+    assert "summary: 3 done, 0 skipped, 2 failed" in res.stdout
 
 
 def test_killed_run_resumes_without_recomputing(tmp_path):
