@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available, else cpu")
     r.add_argument("--world_size", type=positive_int, default=None,
-                   help="worker processes, one per GPU (default: all visible GPUs; 1 on cpu)")
+                   help="worker processes, one per GPU (default: all visible GPUs; 1 on cpu). Under torchrun or "
+                        "srun leave it out: each process they start is one worker")
     r.add_argument("--batch_clips", type=positive_int, default=64, help="clips per forward pass")
     r.add_argument("--dtype", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
                    help="model precision (auto: bf16 on cuda, fp32 on cpu)")
