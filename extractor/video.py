@@ -66,13 +66,50 @@ def quarter_turns(rotation: float) -> int:
     return int(round(rotation / 90.0)) % 4
 
 
-def display_rotation(path: Path) -> int:
-    """The display rotation of a video's first frame (0 if it has none), read with PyAV."""
-    import av
+def mp4_display_rotation(path: Path) -> int:
+    """The display rotation FFmpeg reports for an MP4/MOV file, read from the video track's
+    `tkhd` matrix without loading FFmpeg (the NVDEC path must not load a second FFmpeg).
+    0 for other containers or when the boxes cannot be read."""
+    import math
+    import struct
 
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            return quarter_turns(getattr(frame, "rotation", 0) or 0) * 90
+    def boxes(data: bytes, start: int, end: int):
+        while start + 8 <= end:
+            size, kind = struct.unpack(">I4s", data[start:start + 8])
+            header = 8
+            if size == 1:
+                size, header = struct.unpack(">Q", data[start + 8:start + 16])[0], 16
+            elif size == 0:
+                size = end - start
+            if size < header:
+                return
+            yield kind, start + header, min(start + size, end)
+            start += size
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 << 20)  # moov is at the start of streamable files; else read it whole below
+            if b"moov" not in head:
+                head += fh.read()
+        for kind, a, b in boxes(head, 0, len(head)):
+            if kind != b"moov":
+                continue
+            for trak, ta, tb in boxes(head, a, b):
+                if trak != b"trak":
+                    continue
+                parts = {k: (x, y) for k, x, y in boxes(head, ta, tb)}
+                media = parts.get(b"mdia")
+                handler = media and {k: (x, y) for k, x, y in boxes(head, *media)}.get(b"hdlr")
+                if not handler or head[handler[0] + 8:handler[0] + 12] != b"vide" or b"tkhd" not in parts:
+                    continue
+                t = parts[b"tkhd"][0]
+                matrix_at = t + (4 + 32 + 8 + 8 if head[t] == 1 else 4 + 20 + 8 + 8)
+                m = struct.unpack(">9i", head[matrix_at:matrix_at + 36])
+                a_, b_, c_, d_ = (x / 65536.0 for x in (m[0], m[1], m[3], m[4]))
+                angle = math.degrees(math.atan2(b_ / (math.hypot(b_, d_) or 1), a_ / (math.hypot(a_, c_) or 1)))
+                return quarter_turns(-angle) * 90
+    except (OSError, struct.error):
+        return 0
     return 0
 
 
@@ -291,7 +328,7 @@ class NvdecDecoder:
                                                  output_color_type=nvc.OutputColorType.RGB,
                                                  **_torch_cuda_context(gpu_id))
             meta = self.decoder.get_stream_metadata()
-            self.turns = display_rotation(path) // 90
+            self.turns = mp4_display_rotation(path) // 90
             h, w = int(meta.height), int(meta.width)
             self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps),
                                   *((w, h) if self.turns % 2 else (h, w)), rotation=self.turns * 90)

@@ -54,3 +54,16 @@ def test_hostile_corpus_gets_features_or_named_failures(tmp_path):
     assert manifest["rotated.mp4"]["rotation_applied"] == 270 and manifest["rotated.mp4"]["video_decoder"] == "pyav"
     assert np.load(out / "hevc10.npy").shape == (2, 128)
     assert manifest["locked.mp4"]["status"] == "failed"
+
+
+def test_mp4_rotation_reader_agrees_with_ffmpeg(tmp_path):
+    """The NVDEC path reads the rotation from the MP4 boxes itself (it must not load a
+    second FFmpeg): it must give what FFmpeg (through PyAV) gives."""
+    from extractor.video import mp4_display_rotation
+
+    frames = synthetic_frames(3, 48, 64)
+    for degrees in (0, 90, -90, 180):
+        path = write_frames(tmp_path / f"r{degrees}.mp4", frames, rotation=degrees)
+        assert mp4_display_rotation(path) == VideoDecoder(path).info.rotation == degrees % 360
+    (tmp_path / "junk.mp4").write_bytes(b"\x00\x00\x00\x10moov\x00\x00")
+    assert mp4_display_rotation(tmp_path / "junk.mp4") == 0
