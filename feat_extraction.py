@@ -244,12 +244,9 @@ def main(argv=None) -> int:
             print(f"error: rendezvous at {launcher['master_addr']}:{launcher['master_port']} failed: "
                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
-    # One worker on the CPU runs as a thread of this process and reuses the opened backbone;
-    # everywhere else workers are child processes that open the checkpoint themselves.
-    inline = backbone if (launcher is None and world_size == 1 and cfg.device == "cpu") else None
     try:
         if group.coordinator:
-            return coordinate(args, cfg, videos, group, backbone, inline)
+            return coordinate(args, cfg, videos, group, backbone)
         del backbone
         run_group(group, cfg, args.data_path, None, RunSummary())
         return 0
@@ -258,7 +255,7 @@ def main(argv=None) -> int:
         return 130
 
 
-def coordinate(args, cfg, videos, group, backbone, inline) -> int:
+def coordinate(args, cfg, videos, group, backbone) -> int:
     """Process 0: decides what to do, runs its share, keeps the records, prints the summary."""
     from extractor.launch import RunSummary, order_longest_first, run_group
     from extractor.outputs import (Manifest, annotated_videos, check_existing, remove_partial_files, write_failed,
@@ -288,7 +285,7 @@ def coordinate(args, cfg, videos, group, backbone, inline) -> int:
     manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
     del backbone
     run_group(group, cfg, args.data_path, [p.name for p in order_longest_first(todo)], summary,
-              on_video=lambda ev: manifest.add(video_record(ev, cfg)), inline_backbone=inline)
+              on_video=lambda ev: manifest.add(video_record(ev, cfg)))
     write_failed(cfg.save_path, summary.failed)
     missing_note = ""
     if args.anno_file is not None:

@@ -344,12 +344,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int,
-                 backbone=None):
-    """A worker: claims videos from its supervisor over `conn` and runs the pipeline on
-    them. Runs as a child process, or as a thread of the supervisor's process."""
-    if backbone is None:
-        _die_with_parent()
+def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int):
+    """A worker, in a child process: claims videos from its supervisor over `conn` and runs
+    the pipeline on them."""
+    _die_with_parent()
     send_lock, claim_lock = threading.Lock(), threading.Lock()
 
     def send(msg):
@@ -367,21 +365,19 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
         return data_path / name
 
     try:
-        if backbone is None:  # a thread shares its process's thread count
-            torch.set_num_threads(max(1, cpu_threads))
+        torch.set_num_threads(max(1, cpu_threads))
         device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if cfg.device == "cuda" \
             else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        run_worker(cfg, device, claim, lambda ev: send(("event", ev)), backbone)
+        run_worker(cfg, device, claim, lambda ev: send(("event", ev)))
         send(("exit",))
     except Exception as e:
         try:
             send(("event", {"type": "fatal", "msg": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}))
         except OSError:
             pass
-        if backbone is None:
-            raise SystemExit(3)
+        raise SystemExit(3)
     finally:
         conn.close()
 
@@ -410,12 +406,13 @@ class Supervisor:
     A rank whose worker dies three times in a row holding no video (at start-up, say) is
     given up. A worker whose decoding hangs is killed first (`_watch`)."""
 
-    def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], inline_backbone=None,
-                 worker=None):
+    def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], worker=None,
+                 thread_arg=None):
         self.group, self.cfg, self.data_path, self.todo = group, cfg, data_path, todo
         self.worker = worker or _worker_main  # the tests' simulated workers speak the same protocol
         self.log = EventLog(group)
-        self.inline_backbone = inline_backbone  # run the workers as threads, with this backbone
+        # The tests' simulated workers run as threads of this process, given thread_arg.
+        self.thread_arg = thread_arg
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.cpu_threads = max(1, cores // group.node_workers)
         self.attempts: dict[str, int] = {}
@@ -426,8 +423,8 @@ class Supervisor:
     def _start(self, rank: int, local_rank: int, only: Optional[str] = None) -> _Worker:
         mine, theirs = self.ctx.Pipe(duplex=True)
         args = (rank, local_rank, self.cfg, self.data_path, theirs, self.cpu_threads)
-        if self.inline_backbone is not None:
-            handle = threading.Thread(target=self.worker, args=(*args, self.inline_backbone), daemon=True,
+        if self.thread_arg is not None:
+            handle = threading.Thread(target=self.worker, args=(*args, self.thread_arg), daemon=True,
                                       name=f"worker{rank}")
             handle.start()
         else:
@@ -545,7 +542,7 @@ class Supervisor:
                     again.append(name)
                     self._publish(worker, {"type": "released", "video": name})
             self.retries[rank].extend(again)
-            can_restart = worker.ready and self.deaths[rank] <= 2 and self.inline_backbone is None
+            can_restart = worker.ready and self.deaths[rank] <= 2 and self.thread_arg is None
             if not can_restart:
                 for name in self.retries[rank]:
                     self._publish(worker, {"type": "failed", "video": name,
@@ -574,7 +571,7 @@ class Supervisor:
 
 
 def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list[str]], summary: RunSummary,
-              on_video=None, inline_backbone=None, worker=None) -> RunSummary:
+              on_video=None, worker=None, thread_arg=None) -> RunSummary:
     """Runs this process's share of the group's work. Process 0 passes the videos to do
     (names in data_path, longest first) and gets the whole run's summary; the others read
     the list from the store."""
@@ -587,7 +584,7 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
     else:
         todo = read_todo(group)
     try:
-        Supervisor(group, cfg, data_path, todo, inline_backbone, worker).run()
+        Supervisor(group, cfg, data_path, todo, worker, thread_arg).run()
     finally:
         group.store.set(f"finished/{group.process}", "1")
         group.store.add("processes_finished", 1)
@@ -599,12 +596,8 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
     return summary
 
 
-def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None,
-           backbone=None) -> RunSummary:
-    """A single-process start: this process supervises `world_size` workers. One worker on
-    the CPU runs as a thread here, reusing the already opened `backbone`."""
+def launch(cfg: RunConfig, videos: list[Path], world_size: int, summary: RunSummary, on_video=None) -> RunSummary:
+    """A single-process start over `videos` (all in one folder): this process supervises
+    `world_size` workers."""
     group = local_group(world_size)
-    data_path = videos[0].parent
-    inline = backbone if (world_size == 1 and cfg.device == "cpu") else None
-    return run_group(group, cfg, data_path, [p.name for p in order_longest_first(videos)], summary, on_video,
-                     inline)
+    return run_group(group, cfg, videos[0].parent, [p.name for p in order_longest_first(videos)], summary, on_video)

@@ -322,7 +322,7 @@ class Engine:
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report,
                backbone: Optional[Backbone] = None) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
-    the one the command line already opened, when the worker runs in its process."""
+    one already opened (else the worker opens cfg.ckpt_path)."""
     engine = Engine(cfg, device, report, backbone)
     report({"type": "ready", "backbone": engine.description, "width": engine.width})
     saver = Saver(cfg, report)

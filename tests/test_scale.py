@@ -131,9 +131,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert all(e["status"] == "done" for e in read_manifest(out).values())
 
 
-def _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, backbone):
+def _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, seconds_per_byte):
     """Speaks the workers' protocol; 'processing' a video sleeps in proportion to its size."""
-    seconds_per_byte = backbone
     while True:
         conn.send(("claim",))
         reply = conn.recv()
@@ -159,13 +158,12 @@ def test_longest_first_queue_balances_workers(tmp_path):
     for i, n in enumerate(lengths):
         with open(data / f"v{i:02d}.mp4", "wb") as f:
             f.truncate(int(n) * 1000)
-    workers, total_s = 4, 4.0
+    workers, total_s = 4, 6.0
     seconds_per_byte = total_s / (lengths.sum() * 1000)
     summary = RunSummary()
     cfg = RunConfig(save_path=tmp_path, ckpt_path=tmp_path)
     todo = [p.name for p in order_longest_first(sorted(data.iterdir()))]
-    run_group(local_group(workers), cfg, data, todo, summary, inline_backbone=seconds_per_byte,
-              worker=_simulated_worker)
+    run_group(local_group(workers), cfg, data, todo, summary, worker=_simulated_worker, thread_arg=seconds_per_byte)
     assert summary.done == 24 and not summary.failed
     spread, fraction = summary.end_idle()
     per_worker = [lengths[r::workers].sum() * 1000 * seconds_per_byte for r in range(workers)]
