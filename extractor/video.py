@@ -73,14 +73,17 @@ def mp4_display_rotation(path: Path) -> int:
     import math
     import struct
 
+    def box_header(data: bytes, start: int, room: int) -> tuple[bytes, int, int]:
+        """(type, header length, box size) of the box at data[start:]; size 0 means 'to the
+        end', which is `room` bytes away."""
+        size, kind = struct.unpack(">I4s", data[start:start + 8])
+        if size == 1:
+            return kind, 16, struct.unpack(">Q", data[start + 8:start + 16])[0]
+        return kind, 8, room if size == 0 else size
+
     def boxes(data: bytes, start: int, end: int):
         while start + 8 <= end:
-            size, kind = struct.unpack(">I4s", data[start:start + 8])
-            header = 8
-            if size == 1:
-                size, header = struct.unpack(">Q", data[start + 8:start + 16])[0], 16
-            elif size == 0:
-                size = end - start
+            kind, header, size = box_header(data, start, end - start)
             if size < header:
                 return
             yield kind, start + header, min(start + size, end)
@@ -88,26 +91,32 @@ def mp4_display_rotation(path: Path) -> int:
 
     try:
         with open(path, "rb") as fh:
-            head = fh.read(64 << 20)  # moov is at the start of streamable files; else read it whole below
-            if b"moov" not in head:
-                head += fh.read()
-        for kind, a, b in boxes(head, 0, len(head)):
-            if kind != b"moov":
+            moov, pos, end = None, 0, os.fstat(fh.fileno()).st_size
+            while moov is None and pos + 8 <= end:  # top-level boxes, by seeking: only moov is read
+                fh.seek(pos)
+                kind, header, size = box_header(fh.read(16), 0, end - pos)
+                if size < header:
+                    return 0
+                if kind == b"moov":
+                    fh.seek(pos + header)
+                    moov = fh.read(size - header)
+                pos += size
+        if moov is None:
+            return 0
+        for trak, ta, tb in boxes(moov, 0, len(moov)):
+            if trak != b"trak":
                 continue
-            for trak, ta, tb in boxes(head, a, b):
-                if trak != b"trak":
-                    continue
-                parts = {k: (x, y) for k, x, y in boxes(head, ta, tb)}
-                media = parts.get(b"mdia")
-                handler = media and {k: (x, y) for k, x, y in boxes(head, *media)}.get(b"hdlr")
-                if not handler or head[handler[0] + 8:handler[0] + 12] != b"vide" or b"tkhd" not in parts:
-                    continue
-                t = parts[b"tkhd"][0]
-                matrix_at = t + (4 + 32 + 8 + 8 if head[t] == 1 else 4 + 20 + 8 + 8)
-                m = struct.unpack(">9i", head[matrix_at:matrix_at + 36])
-                a_, b_, c_, d_ = (x / 65536.0 for x in (m[0], m[1], m[3], m[4]))
-                angle = math.degrees(math.atan2(b_ / (math.hypot(b_, d_) or 1), a_ / (math.hypot(a_, c_) or 1)))
-                return quarter_turns(-angle) * 90
+            parts = {k: (x, y) for k, x, y in boxes(moov, ta, tb)}
+            media = parts.get(b"mdia")
+            handler = media and {k: (x, y) for k, x, y in boxes(moov, *media)}.get(b"hdlr")
+            if not handler or moov[handler[0] + 8:handler[0] + 12] != b"vide" or b"tkhd" not in parts:
+                continue
+            t = parts[b"tkhd"][0]
+            matrix_at = t + (4 + 32 + 8 + 8 if moov[t] == 1 else 4 + 20 + 8 + 8)
+            m = struct.unpack(">9i", moov[matrix_at:matrix_at + 36])
+            a_, b_, c_, d_ = (x / 65536.0 for x in (m[0], m[1], m[3], m[4]))
+            angle = math.degrees(math.atan2(b_ / (math.hypot(b_, d_) or 1), a_ / (math.hypot(a_, c_) or 1)))
+            return quarter_turns(-angle) * 90
     except (OSError, struct.error):
         return 0
     return 0
