@@ -282,7 +282,8 @@ def coordinate(args, cfg, videos, group, backbone) -> int:
           f"x{group.world_size}{processes} | {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} "
           f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} "
           f"| {backbone.preprocessing.describe()}")
-    manifest = Manifest(cfg.save_path, run_record(cfg, backbone))
+    # run_record hashes the checkpoint: only when there is something to record
+    manifest = Manifest(cfg.save_path, run_record(cfg, backbone)) if todo else None
     del backbone
     run_group(group, cfg, args.data_path, [p.name for p in order_longest_first(todo)], summary,
               on_video=lambda ev: manifest.add(video_record(ev, cfg)))
