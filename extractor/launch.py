@@ -35,7 +35,6 @@ import torch.multiprocessing as mp
 from .pipeline import RunConfig, run_worker
 
 
-
 @dataclass
 class RunSummary:
     done: int = 0
@@ -276,6 +275,7 @@ class Coordinator(threading.Thread):
     def _run(self):
         store, processes = self.group.store, self.group.processes
         read, beats, lost = 0, {}, set()
+        ranks_of: dict[int, set] = {}  # process -> the worker ranks its events came from
         while True:
             finished = store.add("processes_finished", 0)
             available = self.log.count()
@@ -284,6 +284,7 @@ class Coordinator(threading.Thread):
                 if ev is None:
                     break
                 read += 1
+                ranks_of.setdefault(ev["process"], set()).add(ev["rank"])
                 self.progress.handle(ev["rank"], ev)
             if finished + len(lost) >= processes and read == self.log.count():
                 break
@@ -298,7 +299,7 @@ class Coordinator(threading.Thread):
                     lost.add(p)
                     self.progress.say(f"process {p} sent no heartbeat for {self.lost_after_s:.0f}s: it is treated as "
                                       "lost and the videos it held as failed", err=True)
-                    self.progress.lose_ranks([p], "was lost (its process stopped responding)")
+                    self.progress.lose_ranks(sorted(ranks_of.get(p, ())), "was lost (its process stopped responding)")
             time.sleep(0.05)
         claimed = min(store.add("claimed", 0), len(self.todo))
         for name in self.todo[claimed:]:
