@@ -91,16 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for cuda, off for cpu)")
     r.add_argument("--decoder", choices=["auto", "cpu", "decord", "nvdec"], default="auto",
-                   help="cpu: FFmpeg through PyAV, the original's pixels, flat memory; decord: the original's decoder "
-                        "(same pixels, faster, but it may read a whole video ahead); auto: decord for videos whose "
-                        "decoded frames fit in --read_ahead_mb, PyAV for longer ones; nvdec: the GPU's video decoder "
-                        "through PyNvVideoCodec, for presets the CPU cannot decode fast enough")
-    r.add_argument("--read_ahead_mb", type=positive_int, default=1024,
-                   help="auto decoder: largest decoded size (frames x H x W x 3 bytes) of a video given to decord")
-    r.add_argument("--num_threads", type=positive_int, default=4, help="decoder threads per video (cpu decoder)")
-    r.add_argument("--parallel_videos", type=positive_int, default=None,
-                   help="videos decoded at once per worker (default: 3 on cuda, 1 on cpu)")
-    r.add_argument("--prefetch", type=positive_int, default=8, help="decoded frame chunks queued per worker")
+                   help="auto: CPU decoder processes (FFmpeg through PyAV) and, on a GPU with PyNvVideoCodec, NVDEC "
+                        "sessions side by side, sized from the machine; cpu: the processes only; decord: processes "
+                        "reading with decord, the original's decoder (same pixels); nvdec: NVDEC for every video it "
+                        "can take, one process for the rest. Every choice gives the original's pixels")
+    r.add_argument("--cpu_decoders", "--parallel_videos", type=positive_int, default=None,
+                   help="decoder processes per worker (default: the cores of the worker's share of the node, minus one)")
+    r.add_argument("--nvdec_sessions", type=positive_int, default=None,
+                   help="NVDEC sessions per worker (default: 2 per decoder engine of the GPU)")
+    r.add_argument("--num_threads", type=positive_int, default=None,
+                   help="FFmpeg threads per video (default: from the load, 1 when every decoder is busy, up to 4)")
+    r.add_argument("--decode_buffer_mb", type=positive_int, default=48,
+                   help="shared memory per decoder process for decoded frames on their way to the GPU")
     r.add_argument("--overwrite", action="store_true", help="recompute videos whose feature file exists")
     r.add_argument("--decode_timeout_s", type=positive_int, default=600,
                    help="a video whose decoding makes no progress for this long is taken as hung: its worker process "
@@ -159,13 +161,14 @@ def resolve(args: argparse.Namespace, launcher=None):
     if dtype == "tf32" and device != "cuda":
         raise UsageError("--dtype tf32 needs --device cuda (TF32 is a GPU matrix mode)")
     compile_model = args.compile if args.compile is not None else device == "cuda"
-    if args.decoder == "nvdec":
+    if args.decoder == "nvdec" or args.nvdec_sessions:
+        from extractor.decode.nvdec import nvdec_available
+
         if device != "cuda":
             raise UsageError("--decoder nvdec needs --device cuda")
-        try:
-            import PyNvVideoCodec  # noqa: F401
-        except ImportError:
-            raise UsageError("--decoder nvdec needs the PyNvVideoCodec package (pip install PyNvVideoCodec)") from None
+        why = nvdec_available()
+        if why:
+            raise UsageError(f"--decoder nvdec needs PyNvVideoCodec and the driver's NVDEC library ({why})")
 
     videos = list_videos(args.data_path)
     if not videos:
@@ -180,9 +183,9 @@ def resolve(args: argparse.Namespace, launcher=None):
     cfg = RunConfig(
         save_path=args.save_path, ckpt_path=args.ckpt_path, model_type=args.model_type, model_name=args.model_name,
         model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
-        dtype=dtype, compile=compile_model, decoder=args.decoder, read_ahead_bytes=args.read_ahead_mb << 20,
-        num_threads=args.num_threads, prefetch=args.prefetch,
-        parallel_videos=args.parallel_videos or (3 if device == "cuda" else 1), normalize=args.normalize,
+        dtype=dtype, compile=compile_model, decoder=args.decoder, cpu_decoders=args.cpu_decoders or 0,
+        nvdec_sessions=args.nvdec_sessions or 0, num_threads=args.num_threads or 0,
+        decode_buffer_bytes=args.decode_buffer_mb << 20, normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
         lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s)
     try:
@@ -194,6 +197,26 @@ def resolve(args: argparse.Namespace, launcher=None):
     except OSError as e:
         raise UsageError(f"cannot create --save_path {args.save_path}: {e.strerror}") from None
     return cfg, videos, world_size, backbone
+
+
+def decoding_plan(cfg, group) -> str:
+    """What each worker of this node will decode with, said before any starts (NVML gives
+    the GPU's name without starting CUDA here)."""
+    import torch
+
+    from extractor.decode.nvdec import gpu_name_from_nvml, nvdec_available
+    from extractor.launch import cores_available
+    from extractor.pipeline import plan_decoding
+
+    device = torch.device(cfg.device, 0) if cfg.device == "cuda" else torch.device("cpu")
+    gpu_name = gpu_name_from_nvml() if cfg.device == "cuda" else ""
+    plan = plan_decoding(cfg, device, max(1, cores_available() // group.node_workers), gpu_name or "unknown GPU")
+    text = f"per worker {plan.describe()}"
+    if cfg.device == "cuda" and cfg.decoder == "auto" and not plan.nvdec_sessions:
+        text += f" (no NVDEC: {nvdec_available()})"
+    elif plan.nvdec_sessions and not cfg.nvdec_sessions:
+        text += f" ({gpu_name or 'unknown GPU'})"
+    return text
 
 
 def run_record(cfg, backbone) -> dict:
@@ -280,8 +303,8 @@ def coordinate(args, cfg, videos, group, backbone) -> int:
     processes = f" in {group.processes} processes" if group.processes > 1 else ""
     print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} "
           f"x{group.world_size}{processes} | {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} "
-          f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder} | {backbone.description} "
-          f"| {backbone.preprocessing.describe()}")
+          f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder}: {decoding_plan(cfg, group)} "
+          f"| {backbone.description} | {backbone.preprocessing.describe()}")
     # run_record hashes the checkpoint: only when there is something to record
     manifest = Manifest(cfg.save_path, run_record(cfg, backbone)) if todo else None
     del backbone
@@ -301,7 +324,8 @@ def coordinate(args, cfg, videos, group, backbone) -> int:
           f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
           f"time split (summed over videos, "
           f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
-          f" | peak memory per worker: {summary.peak_rss_gib:.2f} GiB RAM, {summary.peak_gpu_gib:.2f} GiB GPU"
+          f" | peak memory per worker: {summary.peak_ram_gib:.2f} GiB RAM (decoder processes and buffers included), "
+          f"{summary.peak_gpu_gib:.2f} GiB GPU"
           f"{balance}{missing_note}")
     if summary.failed:
         print(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", file=sys.stderr)

@@ -44,7 +44,7 @@ class RunSummary:
     video_s: float = 0.0  # duration of the videos done (frames / fps)
     wall_s: float = 0.0
     startup_s: float = 0.0  # until the first worker had its model loaded (and compiled)
-    peak_rss_gib: float = 0.0  # largest peak resident memory of a worker process
+    peak_ram_gib: float = 0.0  # largest peak memory of a worker with its decoder processes and buffers
     peak_gpu_gib: float = 0.0  # largest peak GPU memory allocated by a worker
     decode_s: float = 0.0
     model_s: float = 0.0
@@ -59,6 +59,11 @@ class RunSummary:
             return 0.0, 0.0
         spread = max(self.worker_end_s.values()) - min(self.worker_end_s.values())
         return spread, spread / self.wall_s
+
+
+def cores_available() -> int:
+    """CPU cores this process may run on (its affinity: a Slurm or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def order_longest_first(videos: list[Path]) -> list[Path]:
@@ -186,6 +191,7 @@ class Progress:
         self.t0_wall = time.time()  # events carry their sender's wall-clock time
         self.t_ready: Optional[float] = None
         self.held: dict[int, set] = {}  # rank -> videos claimed and not finished
+        self.decoding_said: set = set()  # each distinct decoder set-up is said once
         self.lock = threading.Lock()
 
     def say(self, text: str, err: bool = False):
@@ -205,6 +211,9 @@ class Progress:
             if self.t_ready is None:
                 self.t_ready = time.perf_counter()
                 s.startup_s = self.t_ready - self.t0
+            if ev.get("decoding") and ev["decoding"] not in self.decoding_said:
+                self.decoding_said.add(ev["decoding"])
+                self.say(f"[R{rank}] decoding: {ev['decoding']}")
         elif kind == "done":
             self.held.get(rank, set()).discard(name)
             s.done += 1
@@ -231,7 +240,7 @@ class Progress:
             where = f" {name}:" if name else ""
             self.say(f"[R{rank}] warning:{where} {ev['msg']}", err=True)
         elif kind == "peak":
-            s.peak_rss_gib = max(s.peak_rss_gib, ev["rss_gib"])
+            s.peak_ram_gib = max(s.peak_ram_gib, ev["ram_gib"])
             s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
         elif kind == "worker_end":
             s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
@@ -319,20 +328,19 @@ def _signal_name(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def _injected_fault(name: str, attempt: int) -> None:
-    """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*,c.mp4:*:hang' kills the
-    worker that takes a.mp4 on its first attempt and b.mp4 on every attempt (SIGKILL, as a
-    crash in a decoder's C code or the OOM killer would), and hangs the decoder thread that
-    takes c.mp4."""
+def injected_fault(name: str, attempt: int) -> Optional[str]:
+    """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*,c.mp4:*:hang,d.mp4:1:crash'
+    kills the worker that takes a.mp4 on its first attempt and b.mp4 on every attempt
+    (SIGKILL, as the OOM killer would), and returns the fault for the decoder process that
+    takes the video to inject: c.mp4's hangs every time, d.mp4's dies (SIGKILL) the first time."""
     spec = os.environ.get("FEAT_EXTRACTION_KILL_WORKER_ON")
-    if not spec:
-        return
-    for item in spec.split(","):
+    for item in spec.split(",") if spec else []:
         video, when, action = (item.split(":") + ["kill"])[:3]
         if video == name and (when == "*" or when == str(attempt)):
-            if action == "hang":
-                threading.Event().wait()
-            os.kill(os.getpid(), signal.SIGKILL)
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return action
+    return None
 
 
 def _die_with_parent() -> None:
@@ -355,15 +363,15 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
         with send_lock:
             conn.send(msg)
 
-    def claim() -> Optional[Path]:
+    def claim() -> Optional[tuple[Path, Optional[str]]]:
+        """The next video and the decoder fault to inject into it (tests only)."""
         with claim_lock:
             send(("claim",))
             reply = conn.recv()
         if reply is None:
             return None
         name, attempt = reply
-        _injected_fault(name, attempt)
-        return data_path / name
+        return data_path / name, injected_fault(name, attempt)
 
     try:
         torch.set_num_threads(max(1, cpu_threads))
@@ -371,7 +379,7 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
             else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        run_worker(cfg, device, claim, lambda ev: send(("event", ev)))
+        run_worker(cfg, device, claim, lambda ev: send(("event", ev)), cpu_budget=cpu_threads)
         send(("exit",))
     except Exception as e:
         try:
@@ -414,10 +422,10 @@ class Supervisor:
         self.log = EventLog(group)
         # The tests' simulated workers run as threads of this process, given thread_arg.
         self.thread_arg = thread_arg
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.cpu_threads = max(1, cores // group.node_workers)
+        self.cpu_threads = max(1, cores_available() // group.node_workers)
         self.attempts: dict[str, int] = {}
-        self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again
+        self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again, alone
+        self.again: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos whose decoder died, to try again
         self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths in a row holding no video
         self.ctx = mp.get_context("spawn")
 
@@ -490,6 +498,9 @@ class Supervisor:
             if kind == "decoded":
                 worker.decoding.pop(ev["video"], None)
                 return
+            if kind == "decoder_died":
+                self._decoder_died(worker, ev["video"], ev["why"])
+                return
             if kind == "ready":
                 worker.ready = True
             elif kind in ("done", "failed"):
@@ -498,11 +509,27 @@ class Supervisor:
                 self.deaths[worker.rank] = 0
             self._publish(worker, ev)
 
+    def _decoder_died(self, worker: _Worker, name: str, why: str) -> None:
+        """A decoder process of the worker died on `name` (the worker lives on and starts a
+        fresh one): the video is tried once more by that worker, then recorded as failed."""
+        worker.held.pop(name, None)
+        worker.decoding.pop(name, None)
+        if self.attempts.get(name, 0) >= 2:
+            self._publish(worker, {"type": "failed", "video": name,
+                                   "reason": f"its decoder died on both attempts (last: {why})"})
+            return
+        self.again[worker.rank].append(name)
+        self._publish(worker, {"type": "released", "video": name})
+        self._publish(worker, {"type": "warning", "video": name,
+                               "msg": f"its decoder process died ({why}): it is tried once more"})
+
     def _serve_claims(self, worker: _Worker) -> None:
         while worker.waiting_claims:
             worker.waiting_claims -= 1
             if worker.only is not None:
                 name, worker.given = (None if worker.given else worker.only), True
+            elif self.again[worker.rank]:
+                name = self.again[worker.rank].pop(0)
             else:
                 i = self.group.store.add("claimed", 1) - 1
                 name = self.todo[i] if i < len(self.todo) else None
@@ -545,10 +572,10 @@ class Supervisor:
             self.retries[rank].extend(again)
             can_restart = worker.ready and self.deaths[rank] <= 2 and self.thread_arg is None
             if not can_restart:
-                for name in self.retries[rank]:
+                for name in self.retries[rank] + self.again[rank]:
                     self._publish(worker, {"type": "failed", "video": name,
                                            "reason": f"its worker died ({why}) and could not be restarted"})
-                self.retries[rank] = []
+                self.retries[rank], self.again[rank] = [], []
                 self._publish(worker, {"type": "warning", "video": None,
                                        "msg": f"worker stopped ({why}){'' if worker.ready else ' before its model was ready'}: "
                                               "the other workers carry on"})
@@ -558,7 +585,7 @@ class Supervisor:
             self._publish(worker, {"type": "warning", "video": None, "msg": f"worker died ({why}){held}"})
         if self.retries[rank]:
             successor = self._start(rank, worker.local_rank, only=self.retries[rank].pop(0))
-        elif (worker.only is not None or not worker.clean_exit) and self._queue_left():
+        elif (worker.only is not None or not worker.clean_exit) and (self._queue_left() or self.again[rank]):
             successor = self._start(rank, worker.local_rank)
         else:
             self._publish(worker, {"type": "worker_end"})

@@ -1,9 +1,10 @@
-"""One worker's engine: decoder threads feed a bounded queue, the main thread preprocesses
-on the model's device, slides clips, runs full batches (which may span videos) and hands
-finished videos to a saver thread."""
+"""One worker's engine: its frame source (decoder processes and NVDEC sessions) feeds a
+queue; the main thread turns chunks into model input on the model's device, slides clips,
+runs full batches (which may span videos) and hands finished videos to a saver thread."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -15,9 +16,11 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, BackboneOptions, open_backbone
+from .decode.common import VideoInfo
+from .decode.processes import process_pss_bytes
+from .decode.source import DecodePlan, FrameSource
 from .outputs import output_name, save_features
-from .video import (ClipAssembler, DecodeError, DecordDecoder, NvdecDecoder, VideoDecoder, clip_starts, needed_frames,
-                    preprocess)
+from .video import ClipAssembler, InputMaker
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,15 +38,15 @@ class RunConfig:
     batch_clips: int = 64
     dtype: str = "fp32"
     compile: bool = False
-    decoder: str = "auto"  # "auto", "cpu" (FFmpeg via PyAV), "decord", or "nvdec" (the GPU's video decoder)
-    # auto: decord (faster) for a video whose decoded frames fit in this many bytes, since
-    # decord may read the whole video ahead; PyAV (flat memory) for longer ones.
-    read_ahead_bytes: int = 1 << 30
-    num_threads: int = 4  # decoder threads per video
-    prefetch: int = 8  # decoded chunks in flight per worker
-    parallel_videos: int = 1  # videos decoded at once per worker
+    # "auto": CPU decoder processes (FFmpeg through PyAV) and, on a GPU with PyNvVideoCodec,
+    # NVDEC sessions, side by side; "cpu": the processes only; "decord": processes reading
+    # with decord; "nvdec": NVDEC for every video it can take, one process for the rest.
+    decoder: str = "auto"
+    cpu_decoders: int = 0  # decoder processes per worker; 0: from the cores (see plan_decoding)
+    nvdec_sessions: int = 0  # NVDEC sessions per worker; 0: from the GPU's decoder engines
+    num_threads: int = 0  # FFmpeg threads per video; 0: from the load
+    decode_buffer_bytes: int = 48 << 20  # shared buffer per decoder process
     chunk_frames: int = 32  # frames per decoded chunk, at most
-    chunk_bytes: int = 64 << 20  # ... and at most this many bytes of RGB per chunk (fewer frames at 1080p+)
     normalize: Optional[str] = None  # None: the backbone's default
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
     prefix: str = ""
@@ -66,137 +69,40 @@ Claim = Callable[[], Optional[Path]]
 @dataclass
 class VideoJob:
     path: Path
-    num_frames: int = 0
-    fps: float = 0.0
+    vid: int = -1  # the frame source's number for it
+    fault: Optional[str] = None  # test hook: a decoder fault to inject (launch.injected_fault)
+    info: Optional[VideoInfo] = None
     starts: list = field(default_factory=list)
+    needed: Optional[np.ndarray] = None  # the frame indices its clips use
+    frames_done: int = 0  # of `needed`, delivered so far
     assembler: Optional[ClipAssembler] = None
     features: Optional[np.ndarray] = None
     filled: int = 0
     decoded: bool = False
     failed: bool = False
-    decoder: str = ""  # which decoder read it
-    rotation: int = 0  # display rotation applied to its frames
+    decoder: str = ""  # which decoder read it: pyav, decord or nvdec
+    decoder_note: str = ""  # why NVDEC did not take it, when it did not
     decode_s: float = 0.0
     model_s: float = 0.0
     t_claimed: float = field(default_factory=time.perf_counter)
+    t_decode: float = 0.0
 
 
-class ClipPrefetcher:
-    """Decoder threads. Each claims a video, decodes the frames its clips need once, in
-    chunks, and puts them on one bounded queue; the bound keeps memory flat whatever the
-    video's length. FFmpeg decodes outside the GIL, so threads decode in parallel; PyAV's
-    per-frame Python work still shares the GIL (measured: 1,111 frames/s in threads against
-    1,566 in processes, 640x480, OPTIMIZATION_SUMMARY.md)."""
+def plan_decoding(cfg: RunConfig, device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
+    """How many decoder processes and NVDEC sessions a worker runs, from the machine:
+    processes = the cores this worker's share of the node minus one (for the worker's own
+    thread, which feeds the GPU; decoders run at a lower priority); NVDEC sessions = 2 per
+    decoder engine of the GPU (H100/H200: 7, A100: 5; decode.nvdec.NVDEC_ENGINES), when
+    PyNvVideoCodec is installed. `gpu_name` lets the coordinator plan without CUDA."""
+    from .decode.nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
 
-    def __init__(self, cfg: RunConfig, claim: Claim, report: Report, device: torch.device):
-        self.cfg, self.claim, self.report, self.device = cfg, claim, report, device
-        self.pin = device.type == "cuda" and cfg.decoder != "nvdec"
-        if cfg.decoder == "nvdec":
-            import PyNvVideoCodec  # noqa: F401  (imported once here, not by several threads at once)
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, daemon=True, name=f"decoder{i}")
-                        for i in range(max(1, cfg.parallel_videos))]
-        for t in self.threads:
-            t.start()
-
-    def _put(self, item, job: Optional[VideoJob] = None, last_progress: Optional[list] = None) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                if job is not None:  # waiting for the model is not a hung decoder
-                    self._progress(job, last_progress)
-        return False
-
-    def _loop(self):
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)  # the current device is per thread
-        try:
-            while not self.stop.is_set():
-                path = self.claim()
-                if path is None:
-                    break
-                self._decode(VideoJob(path))
-        finally:
-            self._put(("exit", None))
-
-    def _progress(self, job: VideoJob, last: list):
-        """Tells the supervisor, every few seconds, that this video's decoding moves (its
-        watchdog restarts a worker whose decoder hangs)."""
-        now = time.monotonic()
-        if now - last[0] > 2.0:
-            last[0] = now
-            self.report({"type": "progress", "video": job.path.name})
-
-    def _decode(self, job: VideoJob):
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        last_progress = [time.monotonic()]
-        dec = None
-        try:
-            dec = self._open(job.path)
-            job.decoder = dec.name
-            job.num_frames, job.fps, job.rotation = dec.info.num_frames, dec.info.fps, dec.info.rotation
-            job.starts = clip_starts(job.num_frames, cfg.clip_len, cfg.stride)
-            if job.num_frames < cfg.clip_len:
-                self.report({"type": "warning", "video": job.path.name,
-                             "msg": f"{job.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
-                                    "one clip padded with its last frame"})
-            job.decode_s += time.perf_counter() - t0
-            if not self._put(("open", job), job, last_progress):
-                return
-            frame_bytes = max(1, dec.info.height * dec.info.width * 3)
-            chunk = max(1, min(cfg.chunk_frames, cfg.chunk_bytes // frame_bytes))
-            for idx, frames in self._timed(job, dec.chunks(needed_frames(job.starts, cfg.clip_len, job.num_frames),
-                                                            chunk)):
-                self._progress(job, last_progress)
-                tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
-                if self.pin:
-                    tensor = tensor.pin_memory()
-                if not self._put(("frames", job, idx, tensor), job, last_progress):
-                    return
-            self.report({"type": "decoded", "video": job.path.name})
-            self._put(("decoded", job))
-        except DecodeError as e:
-            self._put(("fail", job, str(e)))
-        except Exception as e:  # a decoder bug must not take the worker down
-            self._put(("fail", job, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
-        finally:
-            if dec is not None:
-                dec.close()
-
-    def _open(self, path: Path):
-        cfg = self.cfg
-        if cfg.decoder == "nvdec":
-            return NvdecDecoder(path, self.device.index or 0)
-        if cfg.decoder == "decord":
-            return DecordDecoder(path, cfg.num_threads)
-        dec = VideoDecoder(path, cfg.num_threads)
-        if cfg.decoder == "auto":
-            info = dec.info
-            if info.rotation == 0 and info.num_frames * info.height * info.width * 3 <= cfg.read_ahead_bytes:
-                dec.close()
-                return DecordDecoder(path, cfg.num_threads)
-        return dec
-
-    @staticmethod
-    def _timed(job: VideoJob, it):
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            finally:
-                job.decode_s += time.perf_counter() - t0
-            yield item
-
-    def close(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
+    sessions = 0
+    if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
+        sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
+    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
+    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
+                      cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
+                      chunk_frames=cfg.chunk_frames)
 
 
 class Saver:
@@ -224,8 +130,9 @@ class Saver:
                 continue
             self.report({
                 "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
-                "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts), "frames": job.num_frames,
-                "fps": job.fps, "width": int(job.features.shape[1]), "decoder": job.decoder, "rotation": job.rotation,
+                "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts),
+                "frames": job.info.num_frames, "fps": job.info.fps, "width": int(job.features.shape[1]),
+                "decoder": job.decoder, "decoder_note": job.decoder_note, "rotation": job.info.rotation,
                 "decode_s": job.decode_s,
                 "model_s": job.model_s, "save_s": time.perf_counter() - t0,
                 "wall_s": time.perf_counter() - job.t_claimed,
@@ -319,18 +226,45 @@ class Engine:
         return torch.cat(outs), seconds
 
 
+class MemoryWatch(threading.Thread):
+    """Samples, every second, the memory of this worker and its decoder processes together
+    (proportional set size, so shared buffers count once) and keeps the peak."""
+
+    def __init__(self, source: FrameSource):
+        super().__init__(daemon=True, name="memory")
+        self.source, self.peak, self.stop = source, 0, threading.Event()
+
+    def sample(self):
+        own = process_pss_bytes(os.getpid())
+        if own is None:  # no /proc: this process's own peak resident memory
+            import resource
+
+            own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak = max(self.peak, own + self.source.pss_bytes())
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.sample()
+
+
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report,
-               backbone: Optional[Backbone] = None) -> None:
+               backbone: Optional[Backbone] = None, cpu_budget: int = 1) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
     one already opened (else the worker opens cfg.ckpt_path)."""
     engine = Engine(cfg, device, report, backbone)
-    report({"type": "ready", "backbone": engine.description, "width": engine.width})
+    maker = InputMaker(device, engine.preprocessing, engine.dtype, cfg.compile)
+    if cfg.compile:  # the colour conversions of most videos: BT.601 and BT.709, limited range
+        from .decode.color import YuvToRgb
+
+        maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])
+    plan = plan_decoding(cfg, device, cpu_budget)
+    report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
     saver = Saver(cfg, report)
-    prefetcher = ClipPrefetcher(cfg, claim, report, device)
-    copy_stream = torch.cuda.Stream(device) if engine.cuda else None
+    source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report, VideoJob, device, maker)
+    memory = MemoryWatch(source)
+    memory.start()
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
     in_flight: list = []  # submitted batches whose features are not back yet
-    live = max(1, cfg.parallel_videos)
 
     def finish_if_complete(job: VideoJob):
         if not job.failed and job.decoded and job.features is not None and job.filled == len(job.starts):
@@ -358,54 +292,55 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             while len(in_flight) > 1:  # keep one batch queued on the device, collect the one before
                 collect(in_flight.pop(0))
 
-    def to_device(frames: torch.Tensor) -> torch.Tensor:
-        if copy_stream is None or frames.is_cuda:
-            return frames
-        with torch.cuda.stream(copy_stream):  # uint8 upload on its own stream, beside compute
-            gpu = frames.to(device, non_blocking=True)
-        torch.cuda.current_stream(device).wait_stream(copy_stream)
-        gpu.record_stream(torch.cuda.current_stream(device))
-        return gpu
+    def drop(job: VideoJob):
+        job.failed, job.assembler = True, None
 
     try:
-        while live:
-            event = prefetcher.queue.get()
+        while True:
+            event = source.queue.get()
             kind, job = event[0], event[1]
             if kind == "exit":
-                live -= 1
-            elif kind == "open":
-                job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.num_frames)
+                break
+            if kind == "fatal":
+                raise RuntimeError(event[2])
+            if kind == "open":
+                job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.info.num_frames)
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
+                if job.info.num_frames < cfg.clip_len:
+                    report({"type": "warning", "video": job.path.name,
+                            "msg": f"{job.info.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
+                                   "one clip padded with its last frame"})
             elif kind == "frames":
-                x = preprocess(to_device(event[3]), engine.preprocessing, engine.dtype)
+                chunk = event[3]
+                if job.failed:
+                    chunk.discard()
+                    continue
+                with torch.inference_mode():
+                    x = chunk.to_input(maker)
                 nums, clips = job.assembler.push(event[2], x)
                 pending.extend((job, num, clip) for num, clip in zip(nums, clips))
                 launch(final=False)
             elif kind == "decoded":
                 job.decoded = True
                 if not job.assembler.done:
-                    job.failed = True
                     report({"type": "failed", "video": job.path.name,
                             "reason": f"decoder returned too few frames ({job.assembler.next_clip} of "
                                       f"{len(job.starts)} clips)"})
+                    drop(job)
                 job.assembler = None
                 finish_if_complete(job)
             elif kind == "fail":
-                job.failed = True
-                job.assembler = None
+                drop(job)
                 report({"type": "failed", "video": job.path.name, "reason": event[2]})
+            elif kind == "abandon":  # its decoder died; the supervisor decides what happens to it
+                drop(job)
         launch(final=True)
         while in_flight:
             collect(in_flight.pop(0))
     finally:
-        prefetcher.close()
+        memory.stop.set()
+        source.close()
         saver.close()
-    report({"type": "peak", "rss_gib": peak_rss_gib(),
+    memory.sample()
+    report({"type": "peak", "ram_gib": memory.peak / 2**30,
             "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0})
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

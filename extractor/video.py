@@ -1,16 +1,17 @@
-"""Finding videos, decoding each frame once, preprocessing, and sliding clips over frames."""
+"""Finding videos, turning decoded frames into model input, and sliding clips over frames."""
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .clips import clip_frame_indices
+from .decode.yuv import split_nv12, yuv420_to_rgb
+from .decode.common import VideoInfo, packed_frame_bytes
 
 if TYPE_CHECKING:
     from .backbones import Preprocessing
@@ -20,361 +21,9 @@ VIDEO_EXTENSIONS = {
 }
 
 
-class DecodeError(Exception):
-    """A video that cannot be decoded; the message is the reason shown to the user."""
-
-
 def list_videos(data_path: Path) -> list[Path]:
     """Files under data_path (not recursive) whose extension is a video extension, sorted."""
     return sorted(p for p in data_path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-
-
-def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
-    """The original's rule: range(0, n - clip_len + 1, stride); a video shorter than one
-    clip still gives one clip (padded with its last frame by `clip_frame_indices`)."""
-    if num_frames <= 0:
-        return []
-    return list(range(0, num_frames - clip_len + 1, stride)) or [0]
-
-
-def clip_frame_indices(start: int, clip_len: int, num_frames: int) -> list[int]:
-    return [min(start + k, num_frames - 1) for k in range(clip_len)]
-
-
-def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarray:
-    """Sorted frame indices that belong to at least one clip: each is decoded once."""
-    if not starts:
-        return np.zeros(0, dtype=np.int64)
-    if len(starts) == 1 or starts[1] - starts[0] <= clip_len:  # windows touch or overlap
-        return np.arange(min(starts[-1] + clip_len, num_frames), dtype=np.int64)
-    idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(clip_len)
-    return np.unique(np.minimum(idx, num_frames - 1))
-
-
-@dataclass
-class VideoInfo:
-    num_frames: int
-    fps: float
-    height: int  # of the frames as displayed (after rotation)
-    width: int
-    rotation: int = 0  # display rotation, degrees counterclockwise: 0, 90, 180 or 270
-
-
-def quarter_turns(rotation: float) -> int:
-    """FFmpeg's display rotation (degrees the frame is turned counterclockwise to be shown
-    upright) as a number of np.rot90 / torch.rot90 quarter turns, 0..3."""
-    return int(round(rotation / 90.0)) % 4
-
-
-def mp4_display_rotation(path: Path) -> int:
-    """The display rotation FFmpeg reports for an MP4/MOV file, read from the video track's
-    `tkhd` matrix without loading FFmpeg (the NVDEC path must not load a second FFmpeg).
-    0 for other containers or when the boxes cannot be read."""
-    import math
-    import struct
-
-    def box_header(data: bytes, start: int, room: int) -> tuple[bytes, int, int]:
-        """(type, header length, box size) of the box at data[start:]; size 0 means 'to the
-        end', which is `room` bytes away."""
-        size, kind = struct.unpack(">I4s", data[start:start + 8])
-        if size == 1:
-            return kind, 16, struct.unpack(">Q", data[start + 8:start + 16])[0]
-        return kind, 8, room if size == 0 else size
-
-    def boxes(data: bytes, start: int, end: int):
-        while start + 8 <= end:
-            kind, header, size = box_header(data, start, end - start)
-            if size < header:
-                return
-            yield kind, start + header, min(start + size, end)
-            start += size
-
-    try:
-        with open(path, "rb") as fh:
-            moov, pos, end = None, 0, os.fstat(fh.fileno()).st_size
-            while moov is None and pos + 8 <= end:  # top-level boxes, by seeking: only moov is read
-                fh.seek(pos)
-                kind, header, size = box_header(fh.read(16), 0, end - pos)
-                if size < header:
-                    return 0
-                if kind == b"moov":
-                    fh.seek(pos + header)
-                    moov = fh.read(size - header)
-                pos += size
-        if moov is None:
-            return 0
-        for trak, ta, tb in boxes(moov, 0, len(moov)):
-            if trak != b"trak":
-                continue
-            parts = {k: (x, y) for k, x, y in boxes(moov, ta, tb)}
-            media = parts.get(b"mdia")
-            handler = media and {k: (x, y) for k, x, y in boxes(moov, *media)}.get(b"hdlr")
-            if not handler or moov[handler[0] + 8:handler[0] + 12] != b"vide" or b"tkhd" not in parts:
-                continue
-            t = parts[b"tkhd"][0]
-            matrix_at = t + (4 + 32 + 8 + 8 if moov[t] == 1 else 4 + 20 + 8 + 8)
-            m = struct.unpack(">9i", moov[matrix_at:matrix_at + 36])
-            a_, b_, c_, d_ = (x / 65536.0 for x in (m[0], m[1], m[3], m[4]))
-            angle = math.degrees(math.atan2(b_ / (math.hypot(b_, d_) or 1), a_ / (math.hypot(a_, c_) or 1)))
-            return quarter_turns(-angle) * 90
-    except (OSError, struct.error):
-        return 0
-    return 0
-
-
-def check_readable(path: Path) -> None:
-    """The reasons a file cannot even be opened, as DecodeError."""
-    if path.is_dir():
-        raise DecodeError("is a directory")
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise DecodeError(f"cannot stat file: {e.strerror}") from None
-    if size == 0:
-        raise DecodeError("empty file (0 bytes)")
-    if not os.access(path, os.R_OK):
-        raise DecodeError("permission denied")
-
-
-def forward_chunks(indices: np.ndarray, chunk_size: int, info: VideoInfo,
-                   read: Callable[[int], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The CPU decoders' chunk loop: read(i) returns frame i (uint8 (H, W, 3)), called with
-    increasing i; yields (indices, frames) chunks; every failure becomes a DecodeError."""
-    h, w, want, a = info.height, info.width, -1, 0
-    try:
-        while a < len(indices):
-            idx = indices[a:a + chunk_size]
-            out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
-            for k, want in enumerate(idx):
-                frame = read(int(want))
-                if frame.shape != out.shape[1:]:
-                    raise DecodeError(f"frame {int(want)} has shape {frame.shape}, expected {out.shape[1:]}")
-                out[k] = frame
-            a += len(idx)
-            yield idx, out
-    except DecodeError:
-        raise
-    except StopIteration:
-        raise DecodeError(f"stream ended before frame {int(want)} of {info.num_frames}") from None
-    except Exception as e:
-        raise DecodeError(f"decoding failed near frame {int(want)} of {info.num_frames} ({first_line(e)})") from None
-
-
-class VideoDecoder:
-    """Decodes a video's frames once, in order, in chunks of uint8 RGB (n, H, W, 3), with
-    FFmpeg through PyAV.
-
-    The frames are pixel for pixel decord's (the original script's decoder: same FFmpeg
-    decoding and RGB conversion, checked by the tests), but decoding is pulled frame by
-    frame, so memory stays flat: decord's VideoReader, measured here, kept decoding ahead
-    of a slower consumer (5 GB held for a 60 s 1080p file, bench/decoder_memory.py) and its
-    get_batch kept ~10 MB per frame. Every failure becomes a DecodeError with a reason a
-    person can act on."""
-
-    name = "pyav"
-
-    def __init__(self, path: Path, num_threads: int = 0):
-        self.path = path
-        check_readable(path)
-        import av
-
-        try:
-            self.container = av.open(str(path))
-        except Exception as e:
-            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
-        if not self.container.streams.video:
-            self.close()
-            raise DecodeError("no video stream")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-        self.stream.thread_count = num_threads
-        rate = self.stream.average_rate or self.stream.guessed_rate or 0
-        fps = float(rate)
-        num_frames = int(self.stream.frames or 0)
-        if num_frames <= 0 and self.stream.duration and fps:  # containers without a frame count
-            num_frames = int(round(float(self.stream.duration * self.stream.time_base) * fps))
-        ctx = self.stream.codec_context
-        if num_frames <= 0:
-            self.close()
-            raise DecodeError("no video frames")
-        # The first frame tells the display rotation (phone videos); it is kept for chunks().
-        self._decoded = self._demuxed_frames()
-        try:
-            self._first = next(self._decoded)
-        except StopIteration:
-            self.close()
-            raise DecodeError("no video frames") from None
-        except Exception as e:
-            self.close()
-            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
-        self.turns = quarter_turns(getattr(self._first, "rotation", 0) or 0)
-        h, w = int(ctx.height), int(ctx.width)
-        self.info = VideoInfo(num_frames, fps, *((w, h) if self.turns % 2 else (h, w)), rotation=self.turns * 90)
-
-    def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (frame indices, uint8 frames (n, H, W, 3)) for `indices` (sorted) in order;
-        frames not in `indices` are decoded (as they must be) but not converted to RGB."""
-        frames, position = self._frames(), 0
-
-        def read(want: int) -> np.ndarray:
-            nonlocal position
-            while True:
-                frame = next(frames)
-                position += 1
-                if position - 1 == want:
-                    break
-            rgb = frame.to_ndarray(format="rgb24")
-            return np.rot90(rgb, self.turns) if self.turns else rgb  # shown upright, as a player would
-
-        return forward_chunks(indices, chunk_size, self.info, read)
-
-    def _frames(self):
-        if self._first is None:
-            raise DecodeError("chunks() can be read once per decoder")
-        first, self._first = self._first, None
-        yield first
-        yield from self._decoded
-
-    def _demuxed_frames(self):
-        for packet in self.container.demux(self.stream):
-            yield from packet.decode()
-
-    def close(self):
-        container, self.container = getattr(self, "container", None), None
-        if container is not None:
-            container.close()
-
-
-class DecordDecoder:
-    """The original script's decoder, decord, read forward frame by frame. Same frames as
-    VideoDecoder, faster in threads, but decord decodes ahead of a slow consumer without
-    bound (5 GB held for a 60 s 1080p file, bench/decoder_memory.py): for short videos only."""
-
-    name = "decord"
-
-    def __init__(self, path: Path, num_threads: int = 0):
-        self.path = path
-        check_readable(path)
-        import decord
-
-        try:
-            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-            num_frames = len(self.reader)
-            fps = float(self.reader.get_avg_fps())
-            if num_frames > 0:
-                h, w, channels = self.reader[0].shape
-                self.reader.seek(0)
-                if channels != 3:  # decord 0.6 on a video with a display rotation
-                    raise DecodeError(f"decord returns {channels}-channel frames for this video (it mishandles "
-                                      "rotated videos): --decoder auto or cpu reads it")
-            else:
-                h = w = 0
-        except DecodeError:
-            raise
-        except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line text
-            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
-        if num_frames <= 0:
-            raise DecodeError("no video frames")
-        self.info = VideoInfo(num_frames, fps, h, w)
-
-    def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """As VideoDecoder.chunks, reading forward frame by frame. Not get_batch: it re-seeks
-        on every call and, measured on a 1080p file, ran 5x slower (44 vs 219 frames/s) while
-        keeping ~10 MB per decoded frame alive."""
-        position = -1
-
-        def read(want: int) -> np.ndarray:
-            nonlocal position
-            if position < 0:  # inside the loop, so that a failure is a DecodeError
-                self.reader.seek(0)
-                position = 0
-            if want > position:
-                self.reader.skip_frames(want - position)
-                position = want
-            position += 1
-            return self.reader.next().asnumpy()
-
-        return forward_chunks(indices, chunk_size, self.info, read)
-
-    def close(self):
-        self.reader = None
-
-
-_NVDEC_LOCK = threading.Lock()  # decoder sessions are created and destroyed one at a time
-
-
-def _torch_cuda_context(gpu_id: int) -> dict:
-    """PyTorch's CUDA context and this thread's stream, for the decoder to share (where the
-    CUDA driver bindings are installed); otherwise the decoder picks its own."""
-    torch.cuda.set_device(gpu_id)
-    torch.cuda.synchronize(gpu_id)  # makes the device's primary context current in this thread
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        return {}
-    err, ctx = driver.cuCtxGetCurrent()
-    if int(err) != 0 or not int(ctx):
-        return {}
-    return {"cuda_context": int(ctx), "cuda_stream": torch.cuda.current_stream(gpu_id).cuda_stream}
-
-
-class NvdecDecoder:
-    """The GPU's video decoder (NVDEC, through PyNvVideoCodec): frames come out as RGB uint8
-    (n, H, W, 3) tensors already on the GPU. Same interface as VideoDecoder. Its YUV->RGB
-    conversion is NVIDIA's, not FFmpeg's, so pixels (and features) differ slightly from the
-    CPU decoder's; use it where the CPU cannot decode fast enough."""
-
-    name = "nvdec"
-
-    def __init__(self, path: Path, gpu_id: int):
-        self.path = path
-        check_readable(path)
-        import PyNvVideoCodec as nvc
-
-        try:
-            with _NVDEC_LOCK:
-                self.decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu_id, use_device_memory=True,
-                                                 output_color_type=nvc.OutputColorType.RGB,
-                                                 **_torch_cuda_context(gpu_id))
-            meta = self.decoder.get_stream_metadata()
-            self.turns = mp4_display_rotation(path) // 90
-            h, w = int(meta.height), int(meta.width)
-            self.info = VideoInfo(int(meta.num_frames), float(meta.average_fps),
-                                  *((w, h) if self.turns % 2 else (h, w)), rotation=self.turns * 90)
-        except Exception as e:
-            raise DecodeError(f"not decodable by NVDEC ({first_line(e)})") from None
-        if self.info.num_frames <= 0:
-            raise DecodeError("no video frames")
-
-    def chunks(self, indices: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Decodes forward from frame 0 in chunks, keeping the frames in `indices`."""
-        position, last = 0, int(indices[-1]) if len(indices) else -1
-        while position <= last:
-            try:
-                frames = self.decoder.get_batch_frames(chunk_size)
-            except Exception as e:
-                raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
-            if not frames:
-                raise DecodeError(f"stream ended at frame {position} of {self.info.num_frames}")
-            ids = np.arange(position, position + len(frames))
-            position += len(frames)
-            keep = np.isin(ids, indices)
-            if keep.any():
-                # copy out of the decoder's surfaces, which the next call reuses
-                batch = torch.stack([torch.from_dlpack(f) for f, k in zip(frames, keep) if k])
-                if self.turns:
-                    batch = torch.rot90(batch, self.turns, dims=(1, 2))
-                yield ids[keep], batch
-
-    def close(self):
-        with _NVDEC_LOCK:
-            self.decoder = None
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else type(e).__name__
-    return msg[:200]
 
 
 def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
@@ -392,6 +41,83 @@ def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dty
         std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
         x = (x - mean) / std
     return x.to(out_dtype)
+
+
+def rgb_to_input(rgb: torch.Tensor, turns: int, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
+    """uint8 RGB (n, H, W, 3) as decoded -> model input: turned upright, then `preprocess`."""
+    if turns:
+        rgb = torch.rot90(rgb, turns, dims=(1, 2))
+    return preprocess(rgb, prep, out_dtype)
+
+
+def yuv_to_input(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, colour, turns: int, prep: "Preprocessing",
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """YUV 4:2:0 planes -> FFmpeg's RGB (decode.color) -> `rgb_to_input`. Compiled on the
+    GPU, the conversion is fused into the resize: only the pixels it samples are converted."""
+    return rgb_to_input(yuv420_to_rgb(y, u, v, colour), turns, prep, out_dtype)
+
+
+class InputMaker:
+    """Turns decoded frames, wherever they were decoded, into model input (n, 3, S, S) in
+    the model's dtype on the model's device: a decoder process's packed frames (copied to
+    the GPU from its pinned buffer on a side stream) or NVDEC's NV12 surfaces. With
+    `compile`, each conversion is one torch.compile'd function over dynamic shapes, so
+    that new resolutions do not recompile."""
+
+    def __init__(self, device: torch.device, prep: "Preprocessing", dtype: torch.dtype, compile: bool):
+        self.device, self.prep, self.dtype = device, prep, dtype
+        self.cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.yuv, self.rgb = yuv_to_input, rgb_to_input
+        if compile:
+            self.yuv = torch.compile(yuv_to_input, dynamic=True)
+            self.rgb = torch.compile(rgb_to_input, dynamic=True)
+
+    def from_host(self, host: torch.Tensor, count: int, info: VideoInfo, colour) -> tuple[torch.Tensor, object]:
+        """`count` packed frames in host memory (YUV converted with `colour`, or RGB when
+        colour is None) -> (model input, the CUDA event after which the host memory may be
+        reused; None when it may be reused at once)."""
+        copied = None
+        if self.cuda:
+            with torch.cuda.stream(self.copy_stream):
+                frames = torch.empty(host.numel(), dtype=torch.uint8, device=self.device)
+                frames.copy_(host, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(self.copy_stream)
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self.copy_stream)
+            frames.record_stream(compute)
+        else:
+            frames = host
+        return self.from_frames(frames.view(count, -1), info, colour), copied
+
+    def from_frames(self, frames: torch.Tensor, info: VideoInfo, colour) -> torch.Tensor:
+        """(n, frame bytes) uint8, each row one packed frame (Y, U, V planes, or RGB)."""
+        h, w = info.coded_size
+        n = frames.shape[0]
+        if colour is None:
+            return self.rgb(frames.view(n, h, w, 3), info.turns, self.prep, self.dtype)
+        ch, cw = (h + 1) // 2, (w + 1) // 2
+        y = frames[:, :h * w].view(n, h, w)
+        u = frames[:, h * w:h * w + ch * cw].view(n, ch, cw)
+        v = frames[:, h * w + ch * cw:].view(n, ch, cw)
+        return self.yuv(y, u, v, colour, info.turns, self.prep, self.dtype)
+
+    def from_nv12(self, batch: torch.Tensor, info: VideoInfo) -> torch.Tensor:
+        """NVDEC's NV12 frames (n, rows, pitch): the luma plane (surface height rows, then
+        the interleaved chroma plane) may be taller and wider than the picture."""
+        h, w = info.coded_size
+        ch, cw = (h + 1) // 2, (w + 1) // 2
+        y, u, v = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
+        return self.yuv(y[:, :h, :w], u[:, :ch, :cw], v[:, :ch, :cw], info.colour, info.turns, self.prep, self.dtype)
+
+    def warm_up(self, colours):
+        """Compiles now (start-up) rather than on the first video: the RGB path and the YUV
+        path for each colour conversion given, on small frames (shapes are dynamic)."""
+        info = VideoInfo(4, 30.0, 48, 64)
+        for colour in (*colours, None):
+            size = packed_frame_bytes(48, 64, colour)
+            self.from_frames(torch.zeros(3, size, dtype=torch.uint8, device=self.device), info, colour)
 
 
 class ClipAssembler:

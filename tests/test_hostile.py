@@ -2,29 +2,38 @@
 rotation, 10-bit HEVC, a file the user may not read. Each gets features or a named failure."""
 
 import numpy as np
+import torch
 
 from conftest import (cli_env, run_cli, synthetic_frames, tiny_args, without_permission_override,
                       write_frames)
+from extractor.decode.common import DecodeError
+from extractor.decode.readers import DecordReader, PyAVReader
+from extractor.backbones import Preprocessing
 from extractor.outputs import read_manifest
-from extractor.video import DecodeError, DecordDecoder, VideoDecoder, needed_frames
+from extractor.video import InputMaker, preprocess
+from test_video import rgb_frames
 
 
-def all_frames(decoder) -> np.ndarray:
-    n = decoder.info.num_frames
-    return np.concatenate([f for _, f in decoder.chunks(needed_frames([0], n, n), 64)])
+def all_frames(reader) -> np.ndarray:
+    return rgb_frames(reader, np.arange(reader.info.num_frames))
 
 
 def test_rotated_video_is_read_upright_and_decord_refuses_it(tmp_path):
     frames = synthetic_frames(12, 48, 64)
     plain = write_frames(tmp_path / "plain.mp4", frames)
     rotated = write_frames(tmp_path / "rotated.mp4", frames, rotation=90)
-    upright = VideoDecoder(rotated)
+    upright = PyAVReader(rotated)
     assert upright.info.rotation == 90 and (upright.info.height, upright.info.width) == (64, 48)
-    stored = all_frames(VideoDecoder(plain))
-    # FFmpeg's display rotation: the stored frame turned 90 degrees counterclockwise
-    np.testing.assert_array_equal(all_frames(upright), np.rot90(stored, 1, axes=(1, 2)))
+    assert upright.info.coded_size == (48, 64)  # frames travel as stored; the worker turns them upright
+    stored = all_frames(upright)
+    np.testing.assert_array_equal(stored, all_frames(PyAVReader(plain)))
+    # the worker turns them as FFmpeg's display rotation says: 90 degrees counterclockwise
+    maker = InputMaker(torch.device("cpu"), Preprocessing(), torch.float32, compile=False)
+    packed = torch.from_numpy(stored.reshape(len(stored), -1))
+    expected = preprocess(torch.from_numpy(np.rot90(stored, 1, axes=(1, 2)).copy()), Preprocessing(), torch.float32)
+    assert torch.equal(maker.from_frames(packed, upright.info, None), expected)
     try:
-        DecordDecoder(rotated)
+        DecordReader(rotated)
         raise AssertionError("decord read a rotated video")
     except DecodeError as e:
         assert "rotated" in str(e)
@@ -54,16 +63,3 @@ def test_hostile_corpus_gets_features_or_named_failures(tmp_path):
     assert manifest["rotated.mp4"]["rotation_applied"] == 270 and manifest["rotated.mp4"]["video_decoder"] == "pyav"
     assert np.load(out / "hevc10.npy").shape == (2, 128)
     assert manifest["locked.mp4"]["status"] == "failed"
-
-
-def test_mp4_rotation_reader_agrees_with_ffmpeg(tmp_path):
-    """The NVDEC path reads the rotation from the MP4 boxes itself (it must not load a
-    second FFmpeg): it must give what FFmpeg (through PyAV) gives."""
-    from extractor.video import mp4_display_rotation
-
-    frames = synthetic_frames(3, 48, 64)
-    for degrees in (0, 90, -90, 180):
-        path = write_frames(tmp_path / f"r{degrees}.mp4", frames, rotation=degrees)
-        assert mp4_display_rotation(path) == VideoDecoder(path).info.rotation == degrees % 360
-    (tmp_path / "junk.mp4").write_bytes(b"\x00\x00\x00\x10moov\x00\x00")
-    assert mp4_display_rotation(tmp_path / "junk.mp4") == 0

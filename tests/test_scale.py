@@ -82,8 +82,8 @@ def test_srun_tasks_form_a_group(five_videos, tmp_path):
 
 def test_dead_or_hung_workers_are_replaced_their_videos_retried_once_then_recorded(five_videos, tmp_path):
     """A worker killed (SIGKILL) on v0 the first time: v0 is done on the retry. A worker
-    killed on v3 every time, and a decoder that hangs on v2 every time: v2 and v3 are in
-    failed_videos.txt with the reason. The others are done; exit 1."""
+    killed on v3 every time, and a decoder process that hangs on v2 every time: v2 and v3
+    are in failed_videos.txt with the reason. The others are done; exit 1."""
     out = tmp_path / "out"
     env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="v0.mp4:1,v3.mp4:*,v2.mp4:*:hang", OMP_NUM_THREADS="1")
     res = run_cli(*tiny_args(five_videos, out, "--world_size", "2", "--decode_timeout_s", "3"), env=env)
@@ -98,6 +98,21 @@ def test_dead_or_hung_workers_are_replaced_their_videos_retried_once_then_record
     manifest = read_manifest(out)
     assert manifest["v3.mp4"]["status"] == "failed" and manifest["v0.mp4"]["status"] == "done"
     assert "summary: 3 done, 0 skipped, 2 failed" in res.stdout
+
+
+def test_dead_decoder_processes_are_replaced_and_their_video_tried_once_more(five_videos, tmp_path):
+    """A decoder process that dies (SIGKILL, as a crash in FFmpeg would) on v1 the first
+    time and on v2 every time: the worker lives on with a fresh decoder; v1 is done on its
+    second try, v2 is recorded as failed; every other video is done."""
+    out = tmp_path / "out"
+    env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="v1.mp4:1:crash,v2.mp4:*:crash", OMP_NUM_THREADS="1")
+    res = run_cli(*tiny_args(five_videos, out), env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "worker died" not in res.stderr
+    assert "v1.mp4: its decoder process died (killed by SIGKILL): it is tried once more" in res.stderr
+    failed = dict(line.split("\t") for line in (out / "failed_videos.txt").read_text().splitlines())
+    assert failed == {"v2.mp4": "its decoder died on both attempts (last: killed by SIGKILL)"}
+    assert done_names(res.stdout) == ["v0.mp4", "v1.mp4", "v3.mp4", "v4.mp4"]
 
 
 def test_killed_run_resumes_without_recomputing(tmp_path):

@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from extractor.video import ClipAssembler, clip_frame_indices, clip_starts, needed_frames
+from extractor.clips import clip_frame_indices, clip_starts, needed_frames
+from extractor.decode.cpu_process import Ring
+from extractor.decode.readers import DecordReader, PyAVReader
+from extractor.decode.yuv import yuv420_to_rgb
+from extractor.video import ClipAssembler
 
 
 def test_clip_starts_follow_the_original_rule():
@@ -45,22 +49,53 @@ def test_needed_frames_skip_gaps_between_clips():
     assert np.array_equal(needed_frames([0], 16, 10), np.arange(10))
 
 
-def test_pyav_decoder_gives_decords_pixels(video_dir):
-    """The default decoder (FFmpeg through PyAV, read forward) must give the original
-    script's frames: decord's get_batch, pixel for pixel, for the frames clips need."""
-    import decord
+def rgb_frames(reader, indices) -> np.ndarray:
+    """What a reader delivers, made RGB as the worker does it (YUV planes through decode.yuv)."""
+    out = []
+    for _, planes, colour in reader.frames(indices):
+        if colour is None:
+            out.append(planes[0].copy())
+        else:
+            y, u, v = (torch.from_numpy(np.ascontiguousarray(p))[None] for p in planes)
+            out.append(yuv420_to_rgb(y, u, v, colour)[0].numpy())
+    reader.close()
+    return np.stack(out)
 
-    from extractor.video import DecordDecoder, VideoDecoder
+
+def test_readers_give_decords_pixels(video_dir):
+    """Both readers must give the original script's frames, decord's get_batch, pixel for
+    pixel, for the frames clips need: PyAV's YUV planes once the worker has made them RGB."""
+    import decord
 
     for name in ("long_one.mp4", "short one.mp4"):
         path = video_dir / name
         reference = decord.VideoReader(str(path))
         for stride in (4, 20):
-            dec = VideoDecoder(path, 2)
-            assert dec.info.num_frames == len(reference) and dec.info.fps == reference.get_avg_fps()
-            need = needed_frames(clip_starts(dec.info.num_frames, 16, stride), 16, dec.info.num_frames)
+            pyav = PyAVReader(path, 2)
+            assert pyav.info.num_frames == len(reference) and pyav.info.fps == reference.get_avg_fps()
+            assert pyav.info.layout == "yuv420p" and pyav.info.colour is not None  # the GPU converts these
+            need = needed_frames(clip_starts(pyav.info.num_frames, 16, stride), 16, pyav.info.num_frames)
             want = reference.get_batch(need.tolist()).asnumpy()
-            for decoder in (dec, DecordDecoder(path, 2)):
-                got = np.concatenate([frames for _, frames in decoder.chunks(need, 6)])
-                assert np.array_equal(got, want)
-                decoder.close()
+            for reader in (pyav, DecordReader(path, 2)):
+                assert np.array_equal(rgb_frames(reader, need), want)
+
+
+def test_ring_hands_out_regions_in_order_and_waits_when_full():
+    ring = Ring(100)
+    spans = []
+    for size in (40, 40):
+        at = ring.place(size)
+        ring.take(at, size)
+        spans.append(at)
+    assert spans == [0, 40]
+    assert ring.place(30) is None  # 20 left at the end, nothing free at the start
+    ring.give_back(0)
+    assert ring.place(30) == 0  # wraps
+    ring.take(0, 30)
+    assert ring.place(15) is None and ring.place(10) == 30  # between the wrapped head and the oldest
+    ring.give_back(40)
+    ring.give_back(0)
+    assert ring.place(100) == 0  # empty: the whole buffer
+    with pytest.raises(RuntimeError):
+        ring.take(0, 10)
+        ring.give_back(5)  # given back out of order

@@ -1,0 +1,28 @@
+"""Clips: which frames each clip takes, the original script's rule. No torch here:
+decoder processes use it too."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
+    """The original's rule: range(0, n - clip_len + 1, stride); a video shorter than one
+    clip still gives one clip (padded with its last frame by `clip_frame_indices`)."""
+    if num_frames <= 0:
+        return []
+    return list(range(0, num_frames - clip_len + 1, stride)) or [0]
+
+
+def clip_frame_indices(start: int, clip_len: int, num_frames: int) -> list[int]:
+    return [min(start + k, num_frames - 1) for k in range(clip_len)]
+
+
+def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarray:
+    """Sorted frame indices that belong to at least one clip: each is decoded once."""
+    if not starts:
+        return np.zeros(0, dtype=np.int64)
+    if len(starts) == 1 or starts[1] - starts[0] <= clip_len:  # windows touch or overlap
+        return np.arange(min(starts[-1] + clip_len, num_frames), dtype=np.int64)
+    idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(clip_len)
+    return np.unique(np.minimum(idx, num_frames - 1))

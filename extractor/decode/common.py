@@ -1,0 +1,73 @@
+"""What every decoder shares: the error a user sees, what is known of a video once it is
+open, and the checks before opening. No torch here: decoder processes import it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; the message is the reason shown to the user."""
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int  # of the frames as displayed (after rotation)
+    width: int
+    rotation: int = 0  # display rotation, degrees counterclockwise: 0, 90, 180 or 270
+    # How its first frame travels: "yuv420p" (Y, U, V planes, converted to RGB on the GPU
+    # with `colour`, exactly as FFmpeg would) or "rgb24" (converted on the CPU).
+    layout: str = "rgb24"
+    colour: Optional[object] = None  # decode.color.YuvToRgb
+    codec: str = ""
+    pix_fmt: str = ""
+    interlaced: bool = False
+
+    @property
+    def turns(self) -> int:
+        return self.rotation // 90
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the frames as decoded, before the display rotation."""
+        return (self.width, self.height) if self.turns % 2 else (self.height, self.width)
+
+
+
+def packed_frame_bytes(height: int, width: int, colour) -> int:
+    """Bytes of one frame as decoders pack it: Y, U, V planes (when it travels as YUV with
+    a colour conversion) or RGB."""
+    if colour is not None:
+        return height * width + 2 * ((height + 1) // 2) * ((width + 1) // 2)
+    return height * width * 3
+
+
+def quarter_turns(rotation: float) -> int:
+    """FFmpeg's display rotation (degrees the frame is turned counterclockwise to be shown
+    upright) as a number of np.rot90 / torch.rot90 quarter turns, 0..3."""
+    return int(round(rotation / 90.0)) % 4
+
+
+def check_readable(path: Path) -> None:
+    """The reasons a file cannot even be opened, as DecodeError."""
+    if path.is_dir():
+        raise DecodeError("is a directory")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DecodeError(f"cannot stat file: {e.strerror}") from None
+    if size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise DecodeError("permission denied")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    return msg[:200]

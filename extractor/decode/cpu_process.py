@@ -1,0 +1,199 @@
+"""A decoder process: decodes the videos its worker gives it, one at a time, and writes the
+frames clips need into a buffer shared with the worker (pinned there, so the GPU copies
+them straight out of it). Started by decode.processes as
+
+    python -m extractor.decode.cpu_process SOCKET_FD MEMFD BUFFER_BYTES READER PARENT_PID
+
+It never imports torch (a decoder costs tens of MB, not a CUDA runtime). Messages, both
+ways over the socket, are tuples:
+  worker -> here: ("video", vid, path, clip_len, stride, threads, chunk_frames, fault), ("probe", vid, path),
+                  ("free", offset), ("stop",)
+  here -> worker: ("open", vid, VideoInfo), ("chunk", vid, offset, frames, indices), ("done", vid),
+                  ("fail", vid, reason), ("probed", vid, VideoInfo or None, reason)
+A chunk is len(indices) packed frames at `offset`: per frame the Y, U, V planes, to be
+converted to RGB with `colour` (decode.color), or H x W x 3 RGB bytes when colour is None. The worker gives regions back in the order it got them."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from ..clips import clip_starts, needed_frames
+from .common import DecodeError, first_line, packed_frame_bytes
+from .readers import READERS
+
+
+class Stopped(Exception):
+    """The worker asked this process to stop while it waited for buffer space."""
+
+
+class Ring:
+    """Regions of the shared buffer, handed out in order and given back in the same order."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.out: deque = deque()  # (offset, nbytes), oldest first
+
+    def place(self, nbytes: int):
+        """Offset of a free region of nbytes, or None while the buffer is too full."""
+        if not self.out:
+            return 0
+        tail = self.out[0][0]
+        newest_offset, newest_bytes = self.out[-1]
+        head = newest_offset + newest_bytes
+        if newest_offset >= tail:  # outstanding regions lie in [tail, head)
+            if head + nbytes <= self.size:
+                return head
+            return 0 if nbytes <= tail else None
+        return head if head + nbytes <= tail else None  # wrapped: free space is [head, tail)
+
+    def take(self, offset: int, nbytes: int):
+        self.out.append((offset, nbytes))
+
+    def give_back(self, offset: int):
+        oldest = self.out.popleft()
+        if oldest[0] != offset:
+            raise RuntimeError(f"buffer region {offset} given back out of order (expected {oldest[0]})")
+
+
+class DecoderProcess:
+    def __init__(self, conn: Connection, buffer: np.ndarray, reader: str):
+        self.conn, self.buffer, self.reader = conn, buffer, reader
+        self.ring = Ring(len(buffer))
+
+    def serve(self):
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                if msg[0] == "stop":
+                    return
+                if msg[0] == "free":
+                    self.ring.give_back(msg[1])
+                elif msg[0] == "probe":
+                    self.probe(*msg[1:])
+                elif msg[0] == "video":
+                    self.decode(*msg[1:])
+            except Stopped:
+                return
+
+    def probe(self, vid, path):
+        try:
+            reader = READERS["pyav"](Path(path), 1, True)
+        except DecodeError as e:
+            self.conn.send(("probed", vid, None, str(e)))
+            return
+        except Exception as e:  # a reader bug must not end the process
+            self.conn.send(("probed", vid, None, f"{type(e).__name__}: {first_line(e)}"))
+            return
+        self.conn.send(("probed", vid, reader.info, ""))
+        reader.close()
+
+    def wait_for_space(self, nbytes: int) -> int:
+        while True:
+            offset = self.ring.place(nbytes)
+            if offset is not None:
+                self.ring.take(offset, nbytes)
+                return offset
+            msg = self.conn.recv()
+            if msg[0] == "free":
+                self.ring.give_back(msg[1])
+            elif msg[0] == "stop":
+                raise Stopped
+
+    def send_chunk(self, vid, offset: int, got: list, colour):
+        self.conn.send(("chunk", vid, offset, np.asarray(got, dtype=np.int64), colour))
+
+    def decode(self, vid, path, clip_len, stride, threads, chunk_frames, fault):
+        reader, pending = None, None
+        try:
+            reader = READERS[self.reader](Path(path), threads, True)
+            info = reader.info
+            largest = packed_frame_bytes(*info.coded_size, None)  # an RGB frame
+            if largest > len(self.buffer):
+                raise DecodeError(f"a {info.width}x{info.height} frame ({largest / 2**20:.0f} MiB in RGB) does not "
+                                  f"fit the decoder's {len(self.buffer) / 2**20:.0f} MiB buffer (--decode_buffer_mb)")
+            self.conn.send(("open", vid, info))
+            injected_fault(fault)
+            indices = needed_frames(clip_starts(info.num_frames, clip_len, stride), clip_len, info.num_frames)
+            # Frames travel in chunks of one kind: packed YUV with one colour conversion, or
+            # RGB; a frame of another kind (a stream may change) starts a new chunk.
+            chunk, kind, got, offset = 0, None, [], 0
+            for i, planes, colour in reader.frames(indices):
+                if got and colour != kind:
+                    self.send_chunk(vid, offset, got, kind)
+                    got, pending = [], None
+                if not got:
+                    kind = colour
+                    size = packed_frame_bytes(*info.coded_size, colour)
+                    chunk = max(1, min(chunk_frames, len(self.buffer) // 3 // size))
+                    offset = pending = self.wait_for_space(chunk * size)
+                at = offset + len(got) * size
+                for plane in planes:
+                    self.buffer[at:at + plane.size].reshape(plane.shape)[...] = plane
+                    at += plane.size
+                got.append(i)
+                if len(got) == chunk:
+                    self.send_chunk(vid, offset, got, kind)
+                    got, pending = [], None
+            if got:
+                self.send_chunk(vid, offset, got, kind)
+                pending = None
+            self.conn.send(("done", vid))
+        except DecodeError as e:
+            self.conn.send(("fail", vid, str(e)))
+        except Stopped:
+            raise
+        except Exception as e:  # a reader bug must not end the process
+            self.conn.send(("fail", vid, f"{type(e).__name__}: {first_line(e)}"))
+        finally:
+            if pending is not None:  # a region taken for a chunk that was never sent
+                self.ring.out.pop()
+            if reader is not None:
+                reader.close()
+
+
+def injected_fault(fault):
+    """Test hook (see launch.injected_fault): a decoder that hangs or crashes on a video."""
+    if fault == "hang":
+        threading.Event().wait()
+    elif fault == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with(parent_pid: int):
+    """Linux: SIGKILL when the worker dies, so that no decoder outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the worker died before prctl
+        os._exit(0)
+
+
+def main(argv):
+    fd, memfd, size, reader, parent = int(argv[1]), int(argv[2]), int(argv[3]), argv[4], int(argv[5])
+    die_with(parent)
+    try:
+        os.nice(5)  # the worker's own thread feeds the GPU: it goes first
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    buffer = np.frombuffer(mmap.mmap(memfd, size), dtype=np.uint8)
+    DecoderProcess(Connection(fd), buffer, reader).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

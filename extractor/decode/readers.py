@@ -1,0 +1,194 @@
+"""The CPU readers, run inside decoder processes: FFmpeg through PyAV (the default) and
+decord (the original script's decoder). Each opens a video, says what it is (VideoInfo)
+and yields the frames clips need, in order, as numpy planes: Y, U, V for the yuv420p
+layout (the GPU converts them to RGB exactly as FFmpeg would), or one RGB array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .color import gpu_conversion
+from .common import DecodeError, VideoInfo, check_readable, first_line, quarter_turns
+
+
+def plane_array(plane, height: int, width: int) -> np.ndarray:
+    """A PyAV plane as a (height, width) uint8 view, without its row padding."""
+    rows = np.frombuffer(plane, dtype=np.uint8)
+    return rows[:height * plane.line_size].reshape(height, plane.line_size)[:, :width]
+
+
+def forward_frames(indices: np.ndarray, info: VideoInfo, read, convert) -> Iterator[tuple[int, tuple, object]]:
+    """Yields (i, *convert(read(i))) for the frames in `indices` (sorted); read(i) returns
+    frame i, called with increasing i. Every failure becomes a DecodeError."""
+    want = -1
+    try:
+        for want in map(int, indices):
+            yield (want, *convert(read(want)))
+    except DecodeError:
+        raise
+    except StopIteration:
+        raise DecodeError(f"stream ended before frame {want} of {info.num_frames}") from None
+    except Exception as e:
+        raise DecodeError(f"decoding failed near frame {want} of {info.num_frames} ({first_line(e)})") from None
+
+
+class PyAVReader:
+    """FFmpeg through PyAV, pulled frame by frame (flat memory whatever the video's length).
+    The frames are decord's, the original script's decoder, pixel for pixel: same FFmpeg
+    decoding; RGB conversion on the GPU reproduces FFmpeg's where decode.color can
+    (8-bit 4:2:0), else FFmpeg converts on the CPU here (`frame.to_ndarray("rgb24")`)."""
+
+    name = "pyav"
+
+    def __init__(self, path: Path, threads: int = 1, gpu_colour: bool = True):
+
+        self.path = path
+        check_readable(path)
+        import av
+
+        try:
+            self.container = av.open(str(path))
+        except Exception as e:
+            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
+        if not self.container.streams.video:
+            self.close()
+            raise DecodeError("no video stream")
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        num_frames = int(stream.frames or 0)
+        if num_frames <= 0 and stream.duration and fps:  # containers without a frame count
+            num_frames = int(round(float(stream.duration * stream.time_base) * fps))
+        if num_frames <= 0:
+            self.close()
+            raise DecodeError("no video frames")
+        self._decoded = self._demuxed(stream)
+        try:
+            self._first = next(self._decoded)  # tells the rotation, pixel format and colours
+        except StopIteration:
+            self.close()
+            raise DecodeError("no video frames") from None
+        except Exception as e:
+            self.close()
+            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
+        first = self._first
+        turns = quarter_turns(getattr(first, "rotation", 0) or 0)
+        h, w = first.height, first.width
+        self.gpu_colour = gpu_colour
+        colour = gpu_conversion(first) if gpu_colour else None
+        self.info = VideoInfo(num_frames, fps, *((w, h) if turns % 2 else (h, w)), rotation=turns * 90,
+                              layout="yuv420p" if colour is not None else "rgb24", colour=colour,
+                              codec=stream.codec_context.name, pix_fmt=first.format.name,
+                              interlaced=bool(getattr(first, "interlaced_frame", False)))
+
+    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, tuple, object]]:
+        """(i, planes, colour) for the frames in `indices` (sorted), once: (Y, U, V) views
+        valid until the next frame, with the YUV->RGB conversion that reproduces FFmpeg's
+        for it, or ((H, W, 3) RGB converted here, None) when the GPU cannot reproduce it."""
+        if self._first is None:
+            raise DecodeError("frames() can be read once per reader")
+        first, self._first = self._first, None
+        h, w = self.info.coded_size
+        ch, cw = (h + 1) // 2, (w + 1) // 2
+
+        def convert(frame):
+            if frame.width != w or frame.height != h:
+                raise DecodeError(f"frame size changed mid-stream ({frame.width}x{frame.height}, not {w}x{h})")
+            colour = gpu_conversion(frame) if self.gpu_colour else None
+            if colour is not None:
+                p = frame.planes
+                return (plane_array(p[0], h, w), plane_array(p[1], ch, cw), plane_array(p[2], ch, cw)), colour
+            return (frame.to_ndarray(format="rgb24"),), None
+
+        def decoded():
+            yield first
+            yield from self._decoded
+
+        frames, position = decoded(), 0
+
+        def read(want: int):
+            nonlocal position
+            while True:
+                frame = next(frames)
+                position += 1
+                if position - 1 == want:
+                    return frame
+
+        return forward_frames(indices, self.info, read, convert)
+
+    def _demuxed(self, stream):
+        for packet in self.container.demux(stream):
+            yield from packet.decode()
+
+    def close(self):
+        container, self.container = getattr(self, "container", None), None
+        if container is not None:
+            container.close()
+
+
+class DecordReader:
+    """The original script's decoder, decord, read forward frame by frame, RGB on the CPU.
+    Same frames as PyAVReader; decord decodes ahead of a slow consumer without bound (5 GB
+    held for a 60 s 1080p file, bench/decoder_memory.py), inside its own process here."""
+
+    name = "decord"
+
+    def __init__(self, path: Path, threads: int = 1, gpu_colour: bool = False):
+        self.path = path
+        check_readable(path)
+        import decord
+
+        try:
+            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+            num_frames = len(self.reader)
+            fps = float(self.reader.get_avg_fps())
+            if num_frames > 0:
+                h, w, channels = self.reader[0].shape
+                self.reader.seek(0)
+                if channels != 3:  # decord 0.6 on a video with a display rotation
+                    raise DecodeError(f"decord returns {channels}-channel frames for this video (it mishandles "
+                                      "rotated videos): --decoder auto or cpu reads it")
+            else:
+                h = w = 0
+        except DecodeError:
+            raise
+        except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line text
+            raise DecodeError(f"not a decodable video ({first_line(e)})") from None
+        if num_frames <= 0:
+            raise DecodeError("no video frames")
+        self.info = VideoInfo(num_frames, fps, h, w, layout="rgb24")
+
+    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, tuple]]:
+        """As PyAVReader.frames, skipping with skip_frames (not get_batch: it re-seeks on
+        every call and, measured on a 1080p file, ran 5x slower while keeping ~10 MB per
+        decoded frame alive)."""
+        position = -1
+
+        def read(want: int):
+            nonlocal position
+            if position < 0:  # inside the loop, so that a failure is a DecodeError
+                self.reader.seek(0)
+                position = 0
+            if want > position:
+                self.reader.skip_frames(want - position)
+                position = want
+            position += 1
+            return self.reader.next()
+
+        def convert(frame):
+            rgb = frame.asnumpy()
+            if rgb.shape != (self.info.height, self.info.width, 3):
+                raise DecodeError(f"frame has shape {rgb.shape}, expected {(self.info.height, self.info.width, 3)}")
+            return (rgb,), None
+
+        return forward_frames(indices, self.info, read, convert)
+
+    def close(self):
+        self.reader = None
+
+
+READERS = {"pyav": PyAVReader, "decord": DecordReader}

@@ -1,0 +1,370 @@
+"""A worker's frame source: its CPU decoder processes and NVDEC sessions, fed from the
+worker's claims, all delivering chunks of frames to one queue that the worker's main
+thread reads.
+
+Events on `queue` (what the main thread sees):
+  ("open", job)                   the video is open: job.info says what it is
+  ("frames", job, indices, chunk) frames `indices` of the video; chunk.to_input(...) makes them model input
+  ("decoded", job)                every frame the clips need has been delivered
+  ("fail", job, reason)           the video cannot be decoded
+  ("abandon", job)                its decoder died: drop it (the supervisor tries it again or records it)
+  ("exit", None)                  nothing left to decode
+One thread here (`_serve`) claims videos for idle decoders, reads what the decoder
+processes send, restarts one that dies, kills one that hangs and tells the supervisor that
+decoding moves; another gives buffer space back once the GPU has copied it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import wait
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..clips import clip_starts, needed_frames
+from .common import VideoInfo, packed_frame_bytes
+from .processes import CpuDecoder
+
+NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
+
+
+@dataclass
+class DecodePlan:
+    """How a worker decodes: chosen from the machine by `plan_decoding`, or by flags."""
+    cpu_decoders: int  # decoder processes
+    nvdec_sessions: int  # NVDEC sessions (threads of the worker), 0 without NVDEC
+    reader: str = "pyav"  # what the processes decode with: "pyav" or "decord"
+    cpu_threads: int = 0  # FFmpeg threads per video; 0: from the load (more when fewer videos are open)
+    cpu_budget: int = 1  # cores the worker's decoders share
+    buffer_bytes: int = 48 << 20  # shared buffer per decoder process
+    chunk_frames: int = 32  # frames per chunk, at most
+    prefetch: int = 3  # chunks an NVDEC session may have waiting for the main thread
+
+    def describe(self) -> str:
+        threads = self.cpu_threads or "auto"
+        cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
+        return cpu + (f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else "")
+
+
+class HostChunk:
+    """Frames a decoder process wrote into its shared buffer."""
+
+    def __init__(self, source: "FrameSource", decoder: CpuDecoder, offset: int, count: int, info: VideoInfo, colour):
+        self.source, self.decoder, self.offset, self.count, self.info, self.colour = \
+            source, decoder, offset, count, info, colour
+
+    def to_input(self, maker) -> torch.Tensor:
+        nbytes = self.count * packed_frame_bytes(*self.info.coded_size, self.colour)
+        host = self.decoder.host[self.offset:self.offset + nbytes]
+        x, copied = maker.from_host(host, self.count, self.info, self.colour)
+        self.source.give_back_after(copied, self.decoder, self.offset)
+        return x
+
+    def discard(self):
+        self.source.give_back_after(None, self.decoder, self.offset)
+
+
+class DeviceChunk:
+    """Frames an NVDEC session already made into model input, on its own CUDA stream."""
+
+    def __init__(self, x: torch.Tensor, ready: torch.cuda.Event, room: threading.Semaphore):
+        self.x, self.ready, self.room = x, ready, room
+
+    def to_input(self, maker) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self.x.device)
+        stream.wait_event(self.ready)
+        self.x.record_stream(stream)
+        self.room.release()
+        return self.x
+
+    def discard(self):
+        self.room.release()
+
+
+class FrameSource:
+    def __init__(self, plan: DecodePlan, clip_len: int, stride: int, decode_timeout_s: float,
+                 claim: Callable, report: Callable, new_job: Callable, device: torch.device, maker=None):
+        self.plan, self.clip_len, self.stride, self.timeout = plan, clip_len, stride, decode_timeout_s
+        self.claim_video, self.report, self.new_job, self.device = claim, report, new_job, device
+        self.cuda = device.type == "cuda"
+        self.queue: queue.Queue = queue.Queue()
+        self.stopping = False
+        self.exhausted = False  # the last claim found the queue empty
+        self.backlog: list = []  # jobs for the CPU decoders (NVDEC declined them)
+        self.jobs: dict[int, object] = {}  # vid -> job
+        self.next_vid = 0
+        self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
+        self.failures_in_a_row = 0
+        self.wake_recv, self.wake_send = Pipe(duplex=False)
+        self.cpu = [self._start_decoder(i) for i in range(plan.cpu_decoders)]
+        self.prober: Optional[CpuDecoder] = None
+        self.probing: list = []  # jobs waiting for, or in, the prober
+        self.sessions: list = []
+        self.free_sessions: list = []
+        self.session_lock = threading.Lock()
+        if plan.nvdec_sessions:
+            from .nvdec import NvdecSession
+
+            self.prober = self._start_decoder(-1)
+            self.sessions = [NvdecSession(i, device, self, plan, maker) for i in range(plan.nvdec_sessions)]
+            self.free_sessions = list(self.sessions)
+        self.returns: queue.Queue = queue.Queue()
+        self.returner = threading.Thread(target=self._give_back_loop, daemon=True, name="give-back")
+        self.returner.start()
+        for s in self.sessions:
+            s.start()
+        self.thread = threading.Thread(target=self._serve_loop, daemon=True, name="frame-source")
+        self.thread.start()
+
+    # ----------------------------------------------------------------- the main thread's side
+
+    def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
+        """Hands a chunk's buffer space back to its decoder once `copied` (the GPU copy out of
+        it) has completed; at once when there is no copy in flight."""
+        self.returns.put((copied, decoder, offset))
+
+    def close(self):
+        self.stopping = True
+        self._wake()
+        self.thread.join(timeout=10)
+        for s in self.sessions:
+            s.inbox.put(None)
+        for s in self.sessions:
+            s.join(timeout=30)
+        self.returns.put(None)
+        self.returner.join(timeout=30)
+        for d in self.cpu + ([self.prober] if self.prober else []) + self.retired:
+            d.stop(kill=d in self.retired)
+
+    def pss_bytes(self) -> int:
+        """Memory of the decoder processes (their share of the buffers they map included)."""
+        return sum(d.pss_bytes() or 0 for d in self.cpu + ([self.prober] if self.prober else []))
+
+    # ----------------------------------------------------------------- NVDEC sessions' side
+
+    def put(self, event):
+        self.queue.put(event)
+
+    def session_free(self, session):
+        with self.session_lock:
+            self.free_sessions.append(session)
+        self._wake()
+
+    def nvdec_declined(self, job, reason: str):
+        """An NVDEC session could not start on the video: a CPU decoder takes it."""
+        job.decoder_note = f"NVDEC declined it ({reason})"
+        with self.session_lock:
+            self.backlog.append(job)
+        self._wake()
+
+    # ----------------------------------------------------------------- the serving thread
+
+    def _wake(self):
+        try:
+            self.wake_send.send_bytes(b"w")
+        except OSError:
+            pass
+
+    def _start_decoder(self, index: int) -> CpuDecoder:
+        reader = "pyav" if index < 0 else self.plan.reader
+        return CpuDecoder(index, reader, self.plan.buffer_bytes, self.cuda)
+
+    def _give_back_loop(self):
+        while True:
+            item = self.returns.get()
+            if item is None:
+                return
+            copied, decoder, offset = item
+            if copied is not None:
+                copied.synchronize()
+            decoder.give_back(offset)
+            self._wake()
+
+    def _serve_loop(self):
+        try:
+            self._serve()
+        except BaseException as e:  # the main thread reports it
+            self.queue.put(("fatal", None, f"frame source: {type(e).__name__}: {e}"))
+
+    def _serve(self):
+        last_vouch = 0.0
+        while not self.stopping:
+            decoders = self.cpu + ([self.prober] if self.prober else [])
+            ready = wait([d.conn for d in decoders] + [self.wake_recv], timeout=0.5)
+            for d in decoders:
+                if d.conn in ready:
+                    self._read(d)
+            if self.wake_recv in ready:
+                while self.wake_recv.poll():
+                    self.wake_recv.recv_bytes()
+            if self.stopping:
+                return
+            self._dispatch()
+            now = time.monotonic()
+            if now - last_vouch > 2.0:
+                last_vouch = now
+                self._watch(now)
+            if self._finished():
+                self.queue.put(("exit", None))
+                return
+
+    def _finished(self) -> bool:
+        with self.session_lock:
+            idle_sessions = len(self.free_sessions) == len(self.sessions)
+            backlog = bool(self.backlog)
+        return (self.exhausted and idle_sessions and not backlog and not self.probing
+                and all(d.job is None for d in self.cpu))
+
+    def _claim(self):
+        if self.exhausted:
+            return None
+        claimed = self.claim_video()
+        if claimed is None:
+            self.exhausted = True
+            return None
+        path, fault = claimed
+        job = self.new_job(path)
+        job.vid, job.fault = self.next_vid, fault
+        self.jobs[job.vid] = job
+        self.next_vid += 1
+        return job
+
+    def _dispatch(self):
+        for d in self.cpu:
+            if d.job is not None:
+                continue
+            with self.session_lock:
+                job = self.backlog.pop(0) if self.backlog else None
+            job = job or self._claim()
+            if job is None:
+                break
+            busy = sum(x.job is not None for x in self.cpu) + 1
+            threads = self.plan.cpu_threads or max(1, min(4, self.plan.cpu_budget // busy))
+            d.job, d.last_moved, job.t_decode = job, time.monotonic(), time.perf_counter()
+            job.decoder = d.reader
+            d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
+                    job.fault))
+        while self.prober is not None:
+            with self.session_lock:
+                free = len(self.free_sessions) - len(self.probing)
+                full = len(self.backlog) >= len(self.cpu)  # NVDEC declined many: do not hoard videos
+            if free <= 0 or full:
+                break
+            job = self._claim()
+            if job is None:
+                break
+            self.probing.append(job)
+            self.prober.send(("probe", job.vid, str(job.path)))
+        if self.prober is not None:
+            self.prober.job = self.probing[0] if self.probing else None
+
+    def _read(self, d: CpuDecoder):
+        while True:
+            try:
+                if not d.conn.poll():
+                    return
+                msg = d.conn.recv()
+            except (EOFError, OSError):
+                self._died(d)
+                return
+            d.last_moved = time.monotonic()
+            kind, job = msg[0], self.jobs.get(msg[1])
+            if job is None:
+                continue
+            if kind == "open":
+                self._opened(job, msg[2])
+            elif kind == "chunk":
+                indices = msg[3]
+                d.held += 1
+                job.frames_done += len(indices)
+                self.queue.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
+            elif kind == "done":
+                job.decode_s += time.perf_counter() - job.t_decode
+                self._end(d, job, ("decoded", job))
+            elif kind == "fail":
+                self._end(d, job, ("fail", job, msg[2]))
+            elif kind == "probed":
+                self._probed(job, msg[2], msg[3])
+
+    def _opened(self, job, info: VideoInfo):
+        job.info = info
+        job.starts = clip_starts(info.num_frames, self.clip_len, self.stride)
+        job.needed = needed_frames(job.starts, self.clip_len, info.num_frames)
+        self.queue.put(("open", job))
+
+    def _end(self, d: CpuDecoder, job, event):
+        d.job = None
+        self.failures_in_a_row = 0
+        self.jobs.pop(job.vid, None)
+        self.queue.put(event)
+
+    def _probed(self, job, info: Optional[VideoInfo], reason: str):
+        self.probing.remove(job)
+        if info is None:
+            self.jobs.pop(job.vid, None)
+            self.queue.put(("fail", job, reason))
+            return
+        why = nvdec_cannot(info)
+        with self.session_lock:
+            if why or not self.free_sessions:
+                job.decoder_note = f"not for NVDEC: {why}" if why else ""
+                self.backlog.append(job)
+                return
+            session = self.free_sessions.pop()
+        self._opened(job, info)
+        job.decoder, job.t_decode = "nvdec", time.perf_counter()
+        session.inbox.put(job)
+
+    def _died(self, d: CpuDecoder, why: Optional[str] = None):
+        """A decoder process ended: the video it held (or was probing) goes back to the
+        supervisor, which tries it once more or records it; a fresh process takes its place."""
+        why = why or d.hung_reason or d.exit_reason()
+        held = [d.job] if d is not self.prober else list(self.probing)
+        if d is self.prober:
+            self.probing.clear()
+        for job in filter(None, held):
+            self.jobs.pop(job.vid, None)
+            self.report({"type": "decoder_died", "video": job.path.name, "why": why})
+            self.queue.put(("abandon", job))
+        self.exhausted = False  # the supervisor may give those videos back
+        self.retired.append(d)
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row > 3 * max(1, len(self.cpu)):
+            raise RuntimeError(f"decoder processes keep dying ({why})")
+        fresh = self._start_decoder(d.index)
+        if d is self.prober:
+            self.prober = fresh
+        else:
+            self.cpu[self.cpu.index(d)] = fresh
+
+    def _watch(self, now: float):
+        """Every 2 s: kills a decoder process that has had buffer space and made no progress
+        for the timeout (a hung decoder); for the others, tells the supervisor (whose own
+        watchdog would kill the whole worker) and the progress bar that decoding moves."""
+        for d in self.cpu + ([self.prober] if self.prober else []):
+            if d.job is None:
+                continue
+            if d.held == 0 and now - d.last_moved > self.timeout:
+                d.hung_reason = f"killed: decoding {d.job.path.name} made no progress for {self.timeout:.0f}s"
+                d.process.kill()
+                continue
+            for job in ([d.job] if d is not self.prober else self.probing):
+                self.report({"type": "progress", "video": job.path.name, "frames": job.frames_done,
+                             "total": len(job.needed) if job.needed is not None else 0})
+
+
+def nvdec_cannot(info: VideoInfo) -> str:
+    """Why NVDEC should not decode this video ('' if it can): it must give exactly the
+    frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive)."""
+    if info.codec not in NVDEC_CODECS:
+        return f"codec {info.codec}"
+    if info.layout != "yuv420p":
+        return f"pixel format {info.pix_fmt}"
+    if info.interlaced:
+        return "interlaced"
+    return ""
