@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from conftest import FIXTURES, HF_TINY
+from conftest import FIXTURES, HF_TINY, MODELS, TINY_CKPT
 from extractor.checkpoints import CheckpointError, build_from_checkpoint, read_checkpoint
 from extractor.model import VARIANTS, LlavaViT, temporal_positions
+from reference import hf_inputs, llava_input
 
 
 def rel_err(a, b):
@@ -13,9 +14,9 @@ def rel_err(a, b):
 @pytest.mark.parametrize("name", ["tiny_t4_64px", "tiny_image_64px", "tiny_t16_224px"])
 def test_matches_original_implementation(name):
     io = torch.load(FIXTURES / "llava_vit" / f"{name}.io.pt", weights_only=True)
-    model = build_from_checkpoint(read_checkpoint(FIXTURES / "llava_vit" / f"{name}.ckpt.pt", "auto"))
+    model = build_from_checkpoint(read_checkpoint(MODELS / f"{name}.ckpt.pt", "auto"))
     with torch.no_grad():
-        out = model(io["input"])
+        out = model(llava_input(name))
     assert rel_err(out["head_output"], io["head_output"]) <= 1e-5
     assert rel_err(out["visible_embeddings"], io["visible_embeddings"]) <= 1e-5
 
@@ -24,13 +25,14 @@ def test_state_dict_keys_match_the_original():
     import json
 
     want = json.loads((FIXTURES / "llava_vit" / "tiny_state_dict_keys.json").read_text())
-    ckpt = read_checkpoint(FIXTURES / "llava_vit" / "tiny_t4_64px.ckpt.pt", "auto")
+    ckpt = read_checkpoint(TINY_CKPT, "auto")
     have = {k: list(v.shape) for k, v in build_from_checkpoint(ckpt).state_dict().items()}
     assert have == want
 
 
 def test_hf_folder_matches_upstream_code():
     io = torch.load(FIXTURES / "onevision_encoder_hf" / "tiny_io.pt", weights_only=True)
+    image_in, video_in = hf_inputs()
     ckpt = read_checkpoint(HF_TINY, "llava_vit_base_ln")
     assert ckpt.format == "hf" and "ignored" in ckpt.note
     assert ckpt.config.norm_eps == 1e-6 and ckpt.config.patch_size == 14
@@ -38,9 +40,9 @@ def test_hf_folder_matches_upstream_code():
     spread = temporal_positions(16, "spread64")
     assert torch.equal(io["video_patch_positions"][0, ::256, 0], spread)
     with torch.no_grad():
-        image = model(io["image"])
-        video = model(io["video"], spread)
-        video_contiguous = model(io["video"], temporal_positions(16, "contiguous"))
+        image = model(image_in)
+        video = model(video_in, spread)
+        video_contiguous = model(video_in, temporal_positions(16, "contiguous"))
     assert rel_err(image["head_output"], io["image_pooler_output"]) <= 1e-6
     assert rel_err(image["visible_embeddings"], io["image_last_hidden_state"]) <= 1e-6
     assert rel_err(video["head_output"], io["video_pooler_output"]) <= 1e-6
@@ -50,7 +52,7 @@ def test_hf_folder_matches_upstream_code():
 
 
 def _fixture_state_dict():
-    return torch.load(FIXTURES / "llava_vit" / "tiny_t4_64px.ckpt.pt", weights_only=True)
+    return torch.load(TINY_CKPT, weights_only=True)
 
 
 def test_wrapped_and_prefixed_checkpoints_load(tmp_path):
@@ -91,7 +93,7 @@ def test_unfitting_checkpoint_is_refused_by_name(tmp_path, damage, words):
 
 def test_named_variant_must_fit():
     with pytest.raises(CheckpointError, match="does not fit llava_vit_base_ln.*looks like custom"):
-        read_checkpoint(FIXTURES / "llava_vit" / "tiny_t4_64px.ckpt.pt", "llava_vit_base_ln")
+        read_checkpoint(TINY_CKPT, "llava_vit_base_ln")
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
