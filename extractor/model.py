@@ -166,6 +166,7 @@ class PoolingAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         B, Nq, C = query.shape
@@ -181,7 +182,7 @@ class PoolingAttention(nn.Module):
 class PoolingHead(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.probe = nn.Parameter(torch.randn(1, 1, cfg.width) * cfg.width**-0.5)
+        self.probe = nn.Parameter(torch.randn(1, 1, cfg.width))
         self.attention = PoolingAttention(cfg.width, cfg.heads)
         self.norm = RMSNorm(cfg.width, cfg.norm_eps)  # RMSNorm in every variant
         self.mlp = nn.Sequential()

@@ -1,6 +1,9 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 
 from extractor.demo import write_video  # noqa: E402
+from reference import write_models  # noqa: E402
 
-TINY_CKPT = FIXTURES / "llava_vit" / "tiny_t4_64px.ckpt.pt"  # width 128, 2 layers, keys prefixed module.
-HF_TINY = FIXTURES / "onevision_encoder_hf" / "tiny"
+MODELS = Path(tempfile.mkdtemp(prefix="extractor-test-models-"))  # rebuilt from seeds for each session
+atexit.register(shutil.rmtree, MODELS, ignore_errors=True)
+write_models(MODELS)
+TINY_CKPT = MODELS / "tiny_t4_64px.ckpt.pt"  # width 128, 2 layers, keys prefixed module.
+HF_TINY = MODELS / "onevision_encoder_hf_tiny"
 
 
 def cli_env(**extra) -> dict:
