@@ -1,15 +1,15 @@
-"""Multi-GPU scaling and balance: the same corpus of mixed lengths (default 10 s to 5 min,
-charades-like 640x480) extracted with `feat_extraction.py --world_size 1` and with
-`--world_size N`, as a user would run it. Prints, per run, clips/s after start-up, whole
-wall time and how long the first worker to run out of work waited for the last; then the
-speed-up. `--quick`: tiny videos and model on the CPU (the tests run it).
+"""Multi-GPU scaling and balance (bench/run.py --stages balance): the same corpus of mixed
+lengths extracted with `feat_extraction.py --world_size 1` and with `--world_size N`, as a
+user would run it, for the charades-like and the hacs-like preset. Per run: clips/s after
+start-up, the whole command's wall time, how long the first worker to run out of work
+waited for the last; then the speed-up, and the per-clip cosine between the two runs'
+features (same dtype and kernels: they should agree to rounding).
 
-    python3 bench/balance.py WORK --gpus 2 [--json OUT.json]"""
+The corpus is real content: the benchmark's source video scaled, looped to 5 minutes and
+encoded once per preset, then cut (stream copy) to 16 lengths from 10 s to 5 min."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import subprocess
 import sys
@@ -19,36 +19,37 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(BENCH))
 
 SUMMARY = re.compile(r"summary: (\d+) done.*?\| (\d+) clips in ([\d.]+)s after ([\d.]+)s start-up = ([\d.]+) clips/s"
                      r"(?:.*?first worker out of work waited ([\d.]+)s \(([\d.]+)% of the run\))?")
+PRESETS = {"charades": 4, "hacs": 16}
 
 
-def mixed_corpus(out: Path, count: int, min_s: float, max_s: float, kind: str, quick: bool) -> list[Path]:
-    """`count` videos whose lengths are spread evenly from min_s to max_s, in shuffled order."""
-    from concurrent.futures import ProcessPoolExecutor
+def mixed_corpus(out: Path, kind: str, count: int, min_s: float, max_s: float, source: Path, quick: bool) -> Path:
+    """`count` videos whose lengths spread evenly from min_s to max_s, shuffled (built in a
+    child process, which loads PyAV)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import numpy as np; import corpus; "
+            "out, kind, count, lo, hi, source, quick = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "
+            "float(sys.argv[5]), float(sys.argv[6]), Path(sys.argv[7]), sys.argv[8] == '1'; "
+            "out.mkdir(parents=True, exist_ok=True); "
+            "seconds = np.random.default_rng(0).permutation(np.linspace(lo, hi, count)); "
+            "[corpus.write(out / f'mixed_{i:02d}_{s:05.1f}s.mp4', int(s * 30), 64, 48, seed=i) for i, s in "
+            "enumerate(seconds)] if quick else "
+            "[corpus.cut(corpus.from_video(out / 'master', kind, 1, int(hi * 30) + 30, source)[0], "
+            "out / f'mixed_{i:02d}_{s:05.1f}s.mp4', s) for i, s in enumerate(seconds)]")
+    data = out / f"mixed_{kind}"
+    res = subprocess.run([sys.executable, "-c", code, str(BENCH), str(data), kind, str(count), str(min_s), str(max_s),
+                          str(source), "1" if quick else "0"], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"mixed corpus failed: {res.stderr[-3000:]}")
+    return data
 
-    from corpus import KINDS, write
 
-    out.mkdir(parents=True, exist_ok=True)
-    width, height = (64, 48) if quick else KINDS[kind]
-    seconds = np.random.default_rng(0).permutation(np.linspace(min_s, max_s, count))
-    jobs = [(out / f"mixed_{i:02d}_{s:05.1f}s.mp4", int(s * 30), width, height) for i, s in enumerate(seconds)]
-    with ProcessPoolExecutor(max_workers=8) as pool:
-        list(pool.map(_write, [j for j in jobs if not j[0].exists()]))
-    return [j[0] for j in jobs]
-
-
-def _write(job):
-    from corpus import write
-
-    return write(*job)
-
-
-def extract(data: Path, save: Path, ckpt: Path, world_size: int, extra: list) -> dict:
-    cmd = [sys.executable, str(ROOT / "feat_extraction.py"), "--data_set", "charades", "--data_path", str(data),
+def extract(data: Path, save: Path, ckpt: Path, kind: str, world_size: int, extra: list) -> dict:
+    cmd = [sys.executable, str(ROOT / "feat_extraction.py"), "--data_set", kind, "--data_path", str(data),
            "--save_path", str(save), "--ckpt_path", str(ckpt), "--model_name", "auto", "--overwrite",
            "--world_size", str(world_size), *extra]
     t0 = time.perf_counter()
@@ -56,53 +57,54 @@ def extract(data: Path, save: Path, ckpt: Path, world_size: int, extra: list) ->
     wall = time.perf_counter() - t0
     m = SUMMARY.search(res.stdout)
     if res.returncode != 0 or m is None:
-        sys.exit(f"run failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+        return {"world_size": world_size, "error": f"exit {res.returncode}: {res.stdout[-2000:]} {res.stderr[-3000:]}"}
     done, clips, busy, startup, rate, idle_s, idle_pct = m.groups()
     return {"world_size": world_size, "videos": int(done), "clips": int(clips), "busy_s": float(busy),
             "startup_s": float(startup), "clips_per_s": float(rate), "command_wall_s": round(wall, 2),
-            "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "command": " ".join(cmd)}
+            "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "command": " ".join(cmd),
+            "summary": m.group(0)}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("work", type=Path)
-    ap.add_argument("--gpus", type=int, default=2)
-    ap.add_argument("--videos", type=int, default=16)
-    ap.add_argument("--min_s", type=float, default=10)
-    ap.add_argument("--max_s", type=float, default=300)
-    ap.add_argument("--kind", default="charades")
-    ap.add_argument("--ckpt", type=Path, help="default: a random-weights llava_vit_base_ln made in WORK")
-    ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny videos, tiny model")
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
+def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH / "media" / "bigbuckbunny_720p.mp4",
+                count: int = 16, min_s: float = 10, max_s: float = 300, kinds=("charades", "hacs")) -> dict:
+    from fidelity import compare
+
     extra = []
-    if a.quick:
+    if quick:
         from extractor.demo import random_checkpoint
         from extractor.model import ViTConfig
 
-        ckpt = a.ckpt or random_checkpoint(a.work / "tiny.pt", ViTConfig(width=64, layers=1, head_dim=32, mlp_width=128))
-        a.min_s, a.max_s, a.videos = min(a.min_s, 0.6), min(a.max_s, 2.0), min(a.videos, 6)
+        ckpt = work / "tiny.pt"
+        if not ckpt.exists():
+            random_checkpoint(ckpt, ViTConfig(width=64, layers=1, head_dim=32, mlp_width=128))
+        count, min_s, max_s, kinds = min(count, 6), 0.6, 2.0, kinds[:1]
         extra = ["--device", "cpu", "--batch_clips", "4"]
     else:
         from checkpoints import random_backbone
 
-        ckpt = a.ckpt or a.work / "base.pt"
+        ckpt = work / "base.pt"
         if not ckpt.exists():
             random_backbone(ckpt, "llava_vit_base_ln")
-    data = a.work / "mixed"
-    mixed_corpus(data, a.videos, a.min_s, a.max_s, a.kind, a.quick)
-    runs = [extract(data, a.work / f"out_{n}", ckpt, n, extra) for n in (1, a.gpus)]
-    one, many = runs
-    speedup = many["clips_per_s"] / one["clips_per_s"]
-    wall_speedup = one["command_wall_s"] / many["command_wall_s"]
-    for r in runs:
-        print(f"world_size {r['world_size']}: {r['videos']} videos, {r['clips']} clips | {r['clips_per_s']:.1f} clips/s "
-              f"after {r['startup_s']:.1f}s start-up | command wall {r['command_wall_s']:.1f}s | first worker out of "
-              f"work waited {r['end_idle_s']:.1f}s ({r['end_idle_pct']:.1f}% of the run)")
-    print(f"speed-up x{speedup:.2f} (clips/s after start-up), x{wall_speedup:.2f} (whole command wall time)")
-    if a.json:
-        a.json.write_text(json.dumps({"runs": runs, "speedup": speedup, "wall_speedup": wall_speedup}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    results = {}
+    for kind in kinds:
+        data = mixed_corpus(work, kind, count, min_s, max_s, source, quick)
+        runs = [extract(data, work / f"balance_{kind}_{n}", ckpt, kind, n, extra) for n in (1, gpus)]
+        r = results[kind] = {"runs": runs}
+        for run in runs:
+            if "error" in run:
+                print(f"{kind} world_size {run['world_size']} FAILED: {run['error']}", flush=True)
+                continue
+            print(f"{kind} world_size {run['world_size']}: {run['videos']} videos, {run['clips']} clips | "
+                  f"{run['clips_per_s']:.1f} clips/s after {run['startup_s']:.1f}s start-up | command wall "
+                  f"{run['command_wall_s']:.1f}s | first worker out of work waited {run['end_idle_s']:.1f}s "
+                  f"({run['end_idle_pct']:.1f}% of the run)", flush=True)
+        if any("error" in run for run in runs):
+            continue
+        one, many = runs
+        r["speedup"] = many["clips_per_s"] / one["clips_per_s"]
+        r["wall_speedup"] = one["command_wall_s"] / many["command_wall_s"]
+        r["features"] = compare(work / f"balance_{kind}_{gpus}", work / f"balance_{kind}_1")
+        print(f"{kind}: speed-up x{r['speedup']:.2f} (clips/s after start-up), x{r['wall_speedup']:.2f} (whole "
+              f"command wall time) | features {gpus} vs 1 worker: per-clip cosine min {r['features']['cos_min']:.7f}",
+              flush=True)
+    return results

@@ -1,13 +1,12 @@
-"""Model-only throughput of LLaVA-ViT on one GPU: clips/s and TFLOP/s for each setting.
+"""Model-only levers of LLaVA-ViT on one GPU (bench/run.py --stages levers): clips/s and
+TFLOP/s for each setting.
 
 Random weights and random clips (never zeros), CUDA-event timing of the median of
 repeated batches after warm-up. Each setting is one line of the table it prints."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -109,21 +108,19 @@ def attention_backends(batch=64, heads=12, tokens=3136, head_dim=64):
             print(f"sdpa {name:10s} failed: {str(e).splitlines()[0][:120]}")
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--variant", default="llava_vit_base_ln", choices=VARIANTS)
-    ap.add_argument("--settings", default="original_fp32_b20,planned_tf32_fp16amp_b64,bf16_b64,bf16_cudnn_b64,"
-                                          "bf16_compiled_b64,bf16_compiled_cudnn_b64")
-    ap.add_argument("--json", type=Path, help="append results as JSON lines here")
-    ap.add_argument("--attention", action="store_true", help="also time SDPA alone per backend")
-    a = ap.parse_args()
+DEFAULT_LEVERS = "original_fp32_b20,planned_tf32_fp16amp_b64,bf16_b64,bf16_compiled_b64"
+
+
+def levers(variant: str = "llava_vit_base_ln", settings: str = DEFAULT_LEVERS, attention: bool = False) -> list:
+    """bench/run.py --stages levers: one table line per setting of SETTINGS."""
     torch.manual_seed(0)
-    if a.attention:
+    if attention:
         attention_backends()
-    model = LlavaViT(VARIANTS[a.variant]).cuda().eval().requires_grad_(False)
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} {a.variant}")
+    model = LlavaViT(VARIANTS[variant]).cuda().eval().requires_grad_(False)
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} {variant}")
     print(f"{'setting':34s} {'clips/s':>8s} {'TFLOP/s':>8s} {'peak GiB':>8s} {'1st call s':>10s} {'spread':>6s}")
-    for name in a.settings.split(","):
+    results = []
+    for name in settings.split(","):
         try:
             r = measure(model, **SETTINGS[name])
         except Exception as e:  # report and go on: one failing setting must not hide the others
@@ -132,6 +129,5 @@ if __name__ == "__main__":
         r["setting"] = name
         print(f"{name:34s} {r['clips_per_s']:8.1f} {r['tflops']:8.1f} {r['peak_gib']:8.1f} {r['first_call_s']:10.1f} "
               f"{r['spread']:6.1%}", flush=True)
-        if a.json:
-            with open(a.json, "a") as fh:
-                fh.write(json.dumps(r) + "\n")
+        results.append(r)
+    return results

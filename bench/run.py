@@ -1,236 +1,300 @@
-"""Side-by-side benchmark: the original pipeline against ours, on a corpus it makes itself.
+"""The benchmark: one entry point for every GPU measurement of this project.
 
-  python bench/run.py                  # on a GPU: charades-like and hacs-like corpora
-  python bench/run.py --quick          # tiny corpus and model on the CPU (a smoke test)
+  python bench/run.py WORK                         # on a GPU: the stages below on both corpora
+  python bench/run.py WORK --quick                 # tiny corpus and model on the CPU (a smoke test)
+  python bench/run.py WORK --stages balance --gpus 2
 
-For each corpus it measures, in one process:
-  original_fp32_b20   the original script: decord get_batch per clip (every overlapping
-                      frame decoded again), float/255 + resize on the CPU, fp32, batch 20
-  original_planned    the original's plan: the same data path behind a prefetch thread,
-                      TF32 + fp16 autocast, batch 64
-  ours_model_only     our engine on random clips already on the device (the ceiling)
-  ours_end_to_end     feat_extraction's pipeline, files written
-and prints clips/s, video-seconds per wall-second, GPU busy fraction, peak GPU memory and
-the ratios to the original and to our model-only figure."""
+Corpora (built in WORK, kept): charades-like 640x480 stride 4 and hacs-like 1280x720
+stride 16, from a real video (--source, default bench/media/bigbuckbunny_720p.mp4:
+scaled, looped to 1000 frames at 30 fps, H.264 crf 23, copied --copies times), or from
+synthetic texture (--synthetic), which decodes several times slower.
+
+Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
+  ceilings  decoding alone with the pipeline's own decoders: CPU processes, NVDEC sessions, both
+  model     the model alone on random clips already on the device (the default dtype, compiled)
+  e2e       feat_extraction.py with default flags: its own summary line, beside the ceilings
+  fidelity  pixels of the GPU colour conversion (from the CPU decoder's planes and from NVDEC)
+            against FFmpeg's RGB, and per-clip cosine of the features against today's
+            pixel-exact fp32 path
+  original  the original program's pipeline and its plan (needs decord)
+  levers    model-only settings one by one (dtype, attention kernel, compile modes: --levers)
+  balance   one worker against --gpus workers on a mixed-length corpus
+Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import queue
+import re
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(BENCH))
 
-from checkpoints import random_backbone  # noqa: E402
-from corpus import make_corpus  # noqa: E402
-from extractor.checkpoints import build_from_checkpoint, read_checkpoint  # noqa: E402
-from extractor.demo import random_checkpoint  # noqa: E402
-from extractor.launch import RunSummary, launch  # noqa: E402
 from extractor.model import ViTConfig  # noqa: E402
-from extractor.pipeline import Engine, RunConfig  # noqa: E402
-from extractor.video import clip_starts  # noqa: E402
 
+PRESETS = {"charades": 4, "hacs": 16}  # stride
 QUICK_MODEL = ViTConfig(patch_size=16, width=64, layers=1, head_dim=64, mlp_width=128)
+SUMMARY = re.compile(r"summary: (\d+) done, \d+ skipped, (\d+) failed \| (\d+) clips in ([\d.]+)s after ([\d.]+)s "
+                     r"start-up = ([\d.]+) clips/s.*?peak memory per worker: ([\d.]+) GiB RAM.*?([\d.]+) GiB GPU")
+HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
 
 
-class Timer:
-    """Wall time, and device time of the forwards (CUDA events) for the busy fraction."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.device_s, self.events = cuda, 0.0, []
-
-    @contextlib.contextmanager
-    def forward(self):
-        if not self.cuda:
-            t0 = time.perf_counter()
-            yield
-            self.device_s += time.perf_counter() - t0
-            return
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        yield
-        b.record()
-        self.events.append((a, b))
-
-    def total_device_s(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.device_s += sum(a.elapsed_time(b) / 1e3 for a, b in self.events)
-            self.events = []
-        return self.device_s
+def say(text: str):
+    print(text, flush=True)
 
 
-def original_clips(video: Path, clip_len: int, stride: int, threads: int):
-    """The original data path: one get_batch per clip, CPU float + resize per clip."""
-    import decord
-
-    vr = decord.VideoReader(str(video), ctx=decord.cpu(0), num_threads=threads)
-    n = len(vr)
-    for s in clip_starts(n, clip_len, stride):
-        idx = [min(s + k, n - 1) for k in range(clip_len)]
-        frames = torch.from_numpy(vr.get_batch(idx).asnumpy()).permute(0, 3, 1, 2).float() / 255.0
-        yield F.interpolate(frames, size=(224, 224), mode="bilinear", align_corners=False).permute(1, 0, 2, 3)
+def python(*args, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def run_original(videos, ckpt_path, device, clip_len, stride, planned: bool, threads: int) -> dict:
-    model = build_from_checkpoint(read_checkpoint(ckpt_path, "auto")).to(device)
-    cuda = device.type == "cuda"
-    batch = 64 if planned else 20
+def build_corpus(work: Path, kind: str, a) -> list[Path]:
+    """In a child process: this process must not load PyAV's FFmpeg beside PyNvVideoCodec's."""
+    out = work / f"{kind}{'_synthetic' if a.synthetic else ''}"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import corpus; "
+            "kind, copies, frames, synthetic = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == '1'; "
+            "paths = corpus.make_corpus(Path(sys.argv[2]), kind, copies, frames / 30) if synthetic else "
+            "corpus.from_video(Path(sys.argv[2]), kind, copies, frames, Path(sys.argv[7])); print(len(paths))")
+    res = python("-c", code, BENCH, out, kind, a.copies[kind], a.frames, int(a.synthetic), a.source)
+    if res.returncode != 0:
+        sys.exit(f"corpus {kind} failed:\n{res.stderr[-3000:]}")
+    return sorted(out.glob(f"{kind}_[0-9]*.mp4"))
+
+
+def checkpoint(work: Path, quick: bool) -> Path:
+    ckpt = work / ("tiny.pt" if quick else "base.pt")
+    if not ckpt.exists():
+        if quick:
+            from extractor.demo import random_checkpoint
+
+            random_checkpoint(ckpt, QUICK_MODEL)
+        else:
+            from checkpoints import random_backbone
+
+            random_backbone(ckpt, "llava_vit_base_ln")
+    return ckpt
+
+
+def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bool) -> dict:
+    from ceilings import decode_only
+
+    from extractor.launch import cores_available
+    from extractor.pipeline import RunConfig, plan_decoding
+
+    plans = {}
+    for decoder in ("cpu", "nvdec", "auto"):
+        cfg = RunConfig(save_path=Path("."), ckpt_path=Path("."), decoder=decoder)
+        plan = plan_decoding(cfg, dev, cores_available())
+        if decoder != "cpu" and not plan.nvdec_sessions:
+            continue
+        if decoder == "nvdec":
+            plan.cpu_decoders = 1  # for what NVDEC declines
+        plans[decoder] = plan
+    out = {}
+    for name, plan in plans.items():
+        r = decode_only(videos, plan, stride, dev)
+        say(f"  ceiling {name:6s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
+            f"({r['plan']}; videos by decoder {r['videos_by_decoder']}{'; FAILED ' + str(r['failed']) if r['failed'] else ''})")
+        out[name] = r
+    return out
+
+
+def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
+    from extractor.pipeline import Engine, RunConfig
+
+    cuda = dev.type == "cuda"
+    cfg = RunConfig(save_path=Path("."), ckpt_path=ckpt, model_name="auto", device=dev.type,
+                    dtype="bf16" if cuda else "fp32", compile=cuda, batch_clips=4 if quick else 64)
+    engine = Engine(cfg, dev, lambda ev: None)
+    batch = [torch.rand(*engine.clip_shape, device=dev).to(engine.dtype) for _ in range(engine.batch)]
+    engine.result(engine.submit(batch))
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = planned
-        torch.backends.cudnn.allow_tf32 = planned
-        torch.cuda.reset_peak_memory_stats()
-    amp = torch.autocast("cuda", dtype=torch.float16) if (planned and cuda) else contextlib.nullcontext()
-    timer, clips, t0 = Timer(cuda), 0, time.perf_counter()
-
-    def forward(items):
-        nonlocal clips
-        x = torch.stack(items).to(device, non_blocking=planned)
-        with torch.inference_mode(), amp, timer.forward():
-            model(x)["head_output"].float().cpu()
-        clips += len(items)
-
-    for video in videos:
-        source = original_clips(video, clip_len, stride, threads)
-        if planned:  # the original's ClipPrefetcher: a thread and a queue of 8 clips
-            q: queue.Queue = queue.Queue(maxsize=8)
-            threading.Thread(target=lambda: ([q.put(c) for c in source], q.put(None)), daemon=True).start()
-            source = iter(q.get, None)
-        items = []
-        for clip in source:
-            items.append(clip)
-            if len(items) == batch:
-                forward(items)
-                items = []
-        if items:
-            forward(items)
-    wall = time.perf_counter() - t0
-    return {"clips": clips, "wall_s": wall, "device_s": timer.total_device_s(),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0}
-
-
-def run_model_only(cfg: RunConfig, device, clips: int) -> dict:
-    engine = Engine(cfg, device, lambda ev: None)
-    batch = [torch.rand(*engine.clip_shape, device=device).to(engine.dtype) for _ in range(engine.batch)]
-    engine.result(engine.submit(batch))  # warm-up
-    if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0, device_s, done, in_flight = time.perf_counter(), 0.0, 0, []
+    clips, t0, done, in_flight = (8 if quick else 1280), time.perf_counter(), 0, []
     while done < clips:
         in_flight.append(engine.submit(batch))
         done += len(batch)
         if len(in_flight) > 1:
-            device_s += engine.result(in_flight.pop(0))[1]
+            engine.result(in_flight.pop(0))
     for handles in in_flight:
-        device_s += engine.result(handles)[1]
+        engine.result(handles)
     wall = time.perf_counter() - t0
-    return {"clips": done, "wall_s": wall, "device_s": device_s,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+    r = {"clips": done, "wall_s": round(wall, 2), "clips_per_s": round(done / wall, 1)}
+    say(f"  model only: {r['clips_per_s']:.1f} clips/s ({cfg.dtype}{', compiled' if cfg.compile else ''}, "
+        f"batch {cfg.batch_clips})")
+    return r
 
 
-def run_ours(cfg: RunConfig, videos, device) -> dict:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    summary = launch(cfg, videos, 1, RunSummary())
-    assert not summary.failed, summary.failed
-    wall = summary.wall_s - summary.startup_s
-    return {"clips": summary.clips, "wall_s": wall, "device_s": summary.model_s, "startup_s": summary.startup_s,
-            "video_s": summary.video_s,
-            "decode_s": summary.decode_s,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bool) -> dict:
+    args = [ROOT / "feat_extraction.py", "--data_set", kind, "--data_path", data, "--save_path", out,
+            "--ckpt_path", ckpt, "--model_name", "auto", "--overwrite", *extra]
+    if quick:
+        args += ["--device", "cpu", "--batch_clips", "4"]
+    res = python(*args)
+    m = SUMMARY.search(res.stdout)
+    if m is None:
+        return {"error": f"exit {res.returncode}: {res.stdout[-1500:]} {res.stderr[-3000:]}"}
+    done, failed, clips, busy, startup, rate, ram, gpu = m.groups()
+    header = HEADER.search(res.stdout)
+    decoders = {}
+    for line in res.stdout.splitlines():
+        hit = re.search(r"decode \((\w+)\)", line)
+        if hit:
+            decoders[hit.group(1)] = decoders.get(hit.group(1), 0) + 1
+    return {"command": "python " + " ".join(map(str, args)), "videos": int(done), "failed": int(failed),
+            "clips": int(clips), "busy_s": float(busy), "startup_s": float(startup), "clips_per_s": float(rate),
+            "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,
+            "decoding": header.group(1).strip() if header else "", "summary": m.group(0)}
+
+
+def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, quick: bool) -> dict:
+    r = run_cli(data, work / f"out_{kind}", ckpt, kind, [], quick)
+    if "error" in r:
+        say(f"  end to end FAILED: {r['error']}")
+    else:
+        say(f"  end to end (defaults): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up | "
+            f"peak RAM per worker {r['peak_ram_gib']:.2f} GiB | {r['decoding']} | videos by decoder "
+            f"{r['videos_by_decoder']}")
+    return r
+
+
+def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick: bool) -> dict:
+    stride, sample = PRESETS[kind], videos[:1]
+    out, ref = {}, work / f"pixels_{kind}.npz"
+    res = python(BENCH / "fidelity.py", "pixels", *sample, "--save", ref, "--frames", 8)
+    out["pixels_cpu_decoder"] = json.loads(res.stdout) if res.returncode == 0 else res.stderr[-2000:]
+    say(f"  pixels, CPU decoder's planes -> RGB on the device vs FFmpeg: {out['pixels_cpu_decoder']}")
+    if not quick and torch.cuda.is_available():
+        res = python(BENCH / "fidelity.py", "nvdec", *sample, "--ref", ref)
+        out["pixels_nvdec"] = json.loads(res.stdout) if res.returncode == 0 else res.stderr[-2000:]
+        say(f"  pixels, NVDEC's NV12 -> RGB on the GPU vs FFmpeg: {out['pixels_nvdec']}")
+    data = work / f"fidelity_{kind}"
+    data.mkdir(exist_ok=True)
+    for v in sample:
+        target = data / v.name
+        if not target.exists():
+            target.symlink_to(v)
+    res = python(BENCH / "fidelity.py", "reference", work / f"ref_{kind}", *sorted(data.glob("*.mp4")),
+                 "--ckpt", ckpt, "--stride", stride)
+    if res.returncode != 0:
+        out["reference"] = res.stderr[-2000:]
+        say(f"  reference FAILED: {out['reference']}")
+        return out
+    from fidelity import compare
+
+    runs = {"default": [], "fp32_cpu_decoder": ["--dtype", "fp32", "--decoder", "cpu"]}
+    if not quick and torch.cuda.is_available():
+        runs["fp32_nvdec"] = ["--dtype", "fp32", "--decoder", "nvdec"]
+    for name, extra in runs.items():
+        r = run_cli(data, work / f"fid_{kind}_{name}", ckpt, kind, extra, quick)
+        if "error" in r:
+            out[name] = r
+            say(f"  features {name} FAILED: {r['error']}")
+            continue
+        out[name] = {**compare(work / f"fid_{kind}_{name}", work / f"ref_{kind}"),
+                     "videos_by_decoder": r["videos_by_decoder"]}
+        c = out[name]
+        say(f"  features {name:16s} vs today's path in fp32: per-clip cosine min {c['cos_min']:.7f} mean "
+            f"{c['cos_mean']:.7f}, relative error max {c['rel_err_max']:.2e} ({c['clips']} clips, "
+            f"decoders {c['videos_by_decoder']})")
+    return out
+
+
+def stage_original(kind: str, videos: list[Path], ckpt: Path, dev: torch.device) -> dict:
+    from original import run_original
+
+    stride = PRESETS[kind]
+    out = {}
+    for name, planned in (("original_fp32_b20", False), ("original_planned", True)):
+        r = run_original(videos, ckpt, dev, 16, stride, planned, 8)
+        say(f"  {name}: {r['clips_per_s']:.1f} clips/s (GPU busy {r['gpu_busy']:.0%})")
+        out[name] = r
+    return out
+
+
+def table(results: dict):
+    say("\nsummary (clips/s; decoded frames/s = clips/s x min(stride, 16)):")
+    for kind, r in results.items():
+        if not isinstance(r, dict) or "e2e" not in r or "error" in r["e2e"]:
+            continue
+        e2e, step = r["e2e"], min(PRESETS[kind], 16)
+        model = r.get("model", {}).get("clips_per_s")
+        ceil = r.get("ceilings", {})
+        parts = [f"{kind}: end to end {e2e['clips_per_s']:.1f} clips/s ({e2e['clips_per_s'] * step:.0f} frames/s)"]
+        if model:
+            parts.append(f"{e2e['clips_per_s'] / model:.0%} of model-only {model:.1f}")
+        for name, c in ceil.items():
+            parts.append(f"{e2e['clips_per_s'] * step / c['frames_per_s']:.0%} of the {name} decode ceiling "
+                         f"{c['frames_per_s']:.0f}")
+        if "cpu" in ceil and "nvdec" in ceil:
+            total = ceil["cpu"]["frames_per_s"] + ceil["nvdec"]["frames_per_s"]
+            parts.append(f"{e2e['clips_per_s'] * step / total:.0%} of cpu + nvdec ceilings {total:.0f}")
+        parts.append(f"peak RAM per worker {e2e['peak_ram_gib']:.2f} GiB")
+        say(" | ".join(parts))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("work", type=Path, nargs="?", help="folder for corpora and outputs (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="tiny corpus and model on the CPU")
+    ap.add_argument("--stages", default="ceilings,model,e2e,fidelity")
     ap.add_argument("--corpora", default="charades,hacs")
-    ap.add_argument("--videos", type=int, default=6, help="videos per corpus")
-    ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--work", type=Path, default=None, help="folder for the corpus and outputs (default: temp)")
-    ap.add_argument("--skip", default="", help="comma-separated runs to leave out, e.g. original_fp32_b20")
-    ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--parallel_videos", type=int, default=None)
-    ap.add_argument("--num_threads", type=int, default=4)
-    ap.add_argument("--batch_clips", type=int, default=64)
-    ap.add_argument("--decoder", choices=["auto", "cpu", "decord", "nvdec"], default="auto",
-                    help="our pipeline's decoder")
+    ap.add_argument("--copies", default="charades=24,hacs=48", help="videos per corpus")
+    ap.add_argument("--frames", type=int, default=1000, help="frames per video (30 fps)")
+    ap.add_argument("--source", type=Path, default=BENCH / "media" / "bigbuckbunny_720p.mp4")
+    ap.add_argument("--synthetic", action="store_true", help="synthetic texture instead of --source")
+    ap.add_argument("--gpus", type=int, default=2, help="balance: workers of the second run")
+    ap.add_argument("--levers", default=None, help="levers: comma-separated settings of bench/model_speed.py")
+    ap.add_argument("--json", type=Path, help="write every figure here")
     a = ap.parse_args()
-
-    device = torch.device("cpu" if a.quick or not torch.cuda.is_available() else "cuda")
+    a.copies = {k: int(v) for k, v in (item.split("=") for item in a.copies.split(","))}
     work = a.work or Path(tempfile.mkdtemp(prefix="featbench_"))
-    ckpt = work / "model.pt"
-    if not ckpt.exists():
-        random_checkpoint(ckpt, QUICK_MODEL) if a.quick else random_backbone(ckpt, "llava_vit_base_ln")
-    n_videos, seconds = (2, 1.0) if a.quick else (a.videos, a.seconds)
-    skip = set(filter(None, a.skip.split(",")))
-    results = {}
-    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} | torch {torch.__version__}"
-          f" | {'quick: tiny random model' if a.quick else 'llava_vit_base_ln, random weights'}", flush=True)
-    for corpus in a.corpora.split(","):
-        preset_stride = {"charades": 4, "hacs": 16}[corpus]
-        videos = make_corpus(work / corpus, corpus, n_videos, seconds)
-        # decord and PyNvVideoCodec bundle different FFmpeg libraries: with --decoder nvdec this
-        # process must not load decord, so the original runs (which use it) come last.
-        cfg = RunConfig(save_path=work / f"out_{corpus}", ckpt_path=ckpt, model_name="auto", device=device.type,
-                        stride=preset_stride, batch_clips=a.batch_clips,
-                        dtype="bf16" if device.type == "cuda" else "fp32", compile=device.type == "cuda",
-                        num_threads=a.num_threads, decoder=a.decoder,
-                        parallel_videos=a.parallel_videos or (3 if device.type == "cuda" else 1), prefetch=16)
-        cfg.save_path.mkdir(parents=True, exist_ok=True)
-        runs = {
-            "original_fp32_b20": lambda: run_original(videos, ckpt, device, 16, preset_stride, False, 8),
-            "original_planned": lambda: run_original(videos, ckpt, device, 16, preset_stride, True, 16),
-            "ours_model_only": lambda: run_model_only(cfg, device, 640 if device.type == "cuda" else 8),
-            "ours_end_to_end": lambda: run_ours(cfg, videos, device),
-        }
-        order = ["ours_model_only", "ours_end_to_end", "original_fp32_b20", "original_planned"]
-        for name in order:
-            if name in skip:
-                continue
-            r = runs[name]()
-            r["clips_per_s"] = r["clips"] / r["wall_s"]
-            if name.startswith("original"):
-                r["video_s"] = sum(_duration(v) for v in videos)
-            r["video_s_per_s"] = r["video_s"] / r["wall_s"] if "video_s" in r else float("nan")
-            r["busy"] = r["device_s"] / r["wall_s"]
-            results[f"{corpus}/{name}"] = r
-            print(f"  {corpus}/{name}: {r['clips_per_s']:.1f} clips/s", flush=True)
-    _table(results)
+    work.mkdir(parents=True, exist_ok=True)
+    stages = set(a.stages.split(","))
+    if a.quick:
+        a.copies, a.frames = {k: 2 for k in a.copies}, 40
+    dev = torch.device("cuda" if torch.cuda.is_available() and not a.quick else "cpu")
+    say(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} | torch {torch.__version__} | "
+        f"{'quick: tiny random model' if a.quick else 'llava_vit_base_ln, random weights'} | "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    results: dict = {}
+    if "levers" in stages:
+        from model_speed import DEFAULT_LEVERS, levers
+
+        results["levers"] = levers(settings=a.levers or DEFAULT_LEVERS, attention=True)
+    if "balance" in stages:
+        from balance import run_balance
+
+        results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source)
+    ckpt = checkpoint(work, a.quick) if stages - {"balance", "levers"} else None
+    model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
+    for kind in a.corpora.split(","):
+        if not stages - {"balance", "model", "levers"}:
+            break
+        videos = build_corpus(work, kind, a)
+        say(f"{kind}: {len(videos)} videos of {a.frames} frames, stride {PRESETS[kind]}")
+        r = results[kind] = {"videos": len(videos)}
+        if model:
+            r["model"] = model
+        if "ceilings" in stages:
+            r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.quick)
+        if "e2e" in stages:
+            r["e2e"] = stage_e2e(kind, videos[0].parent, work, ckpt, a.quick)
+        if "fidelity" in stages:
+            r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick)
+        if "original" in stages:
+            r["original"] = stage_original(kind, videos, ckpt, dev)
+    table(results)
     if a.json:
-        a.json.write_text(json.dumps(results, indent=1))
-
-
-def _duration(video: Path) -> float:
-    import decord
-
-    vr = decord.VideoReader(str(video))
-    return len(vr) / vr.get_avg_fps()
-
-
-def _table(results: dict):
-    shown = ["original_fp32_b20", "original_planned", "ours_model_only", "ours_end_to_end"]
-    results = dict(sorted(results.items(), key=lambda kv: (kv[0].split("/")[0], shown.index(kv[0].split("/")[1]))))
-    print(f"\n{'run':36s} {'clips/s':>8s} {'video s/s':>9s} {'GPU busy':>8s} {'peak GiB':>8s} "
-          f"{'x original':>10s} {'/ model-only':>12s}")
-    for key, r in results.items():
-        corpus = key.split("/")[0]
-        base = results.get(f"{corpus}/original_fp32_b20", {}).get("clips_per_s")
-        top = results.get(f"{corpus}/ours_model_only", {}).get("clips_per_s")
-        print(f"{key:36s} {r['clips_per_s']:8.1f} {r['video_s_per_s']:9.1f} {r['busy']:8.0%} {r['peak_gib']:8.2f} "
-              f"{(r['clips_per_s'] / base) if base else float('nan'):10.2f} "
-              f"{(r['clips_per_s'] / top) if top else float('nan'):12.0%}")
+        a.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -111,13 +111,18 @@ class InputMaker:
         y, u, v = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
         return self.yuv(y[:, :h, :w], u[:, :ch, :cw], v[:, :ch, :cw], info.colour, info.turns, self.prep, self.dtype)
 
+    @torch.inference_mode()
     def warm_up(self, colours):
-        """Compiles now (start-up) rather than on the first video: the RGB path and the YUV
-        path for each colour conversion given, on small frames (shapes are dynamic)."""
+        """Compiles now (start-up) rather than on the first video: the RGB path, and the YUV
+        path for each colour conversion given, from packed planes and (on a GPU) from NV12
+        surfaces; small frames, since shapes are dynamic."""
         info = VideoInfo(4, 30.0, 48, 64)
         for colour in (*colours, None):
             size = packed_frame_bytes(48, 64, colour)
             self.from_frames(torch.zeros(3, size, dtype=torch.uint8, device=self.device), info, colour)
+            if self.cuda and colour is not None:
+                self.from_nv12(torch.zeros(3, 72, 64, dtype=torch.uint8, device=self.device),
+                               VideoInfo(4, 30.0, 48, 64, layout="yuv420p", colour=colour))
 
 
 class ClipAssembler:

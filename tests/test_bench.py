@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -5,30 +6,23 @@ from conftest import ROOT
 
 
 def test_benchmark_quick_runs_on_cpu(tmp_path):
-    """`bench/run.py --quick`: the side-by-side benchmark end to end on a tiny corpus and
-    model, so that the script cannot rot between GPU runs."""
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--work", str(tmp_path),
-                          "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    import json
-
+    """`bench/run.py --quick`: every stage of the benchmark on a tiny corpus and model, so
+    that the script cannot rot between GPU runs."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), str(tmp_path), "--quick", "--stages",
+                          "ceilings,model,e2e,fidelity,original,balance", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     results = json.loads((tmp_path / "r.json").read_text())
-    for corpus in ("charades", "hacs"):
-        for run in ("original_fp32_b20", "original_planned", "ours_model_only", "ours_end_to_end"):
-            r = results[f"{corpus}/{run}"]
-            assert r["clips"] > 0 and r["clips_per_s"] > 0
-        assert results[f"{corpus}/ours_end_to_end"]["clips"] == results[f"{corpus}/original_fp32_b20"]["clips"]
-    assert "x original" in res.stdout
-
-
-def test_balance_benchmark_quick_runs_on_cpu(tmp_path):
-    """`bench/balance.py --quick`: one worker against two on a mixed-length corpus."""
-    import json
-
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "balance.py"), str(tmp_path), "--quick", "--json",
-                          str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
-    assert [r["world_size"] for r in runs] == [1, 2]
-    assert runs[0]["clips"] == runs[1]["clips"] > 0 and runs[0]["videos"] == runs[1]["videos"] == 6
-    assert "speed-up x" in res.stdout
+    for corpus, needed in (("charades", 40), ("hacs", 32)):  # 40 frames: clips at 0..24 by 4; at 0 and 16
+        r = results[corpus]
+        assert r["ceilings"]["cpu"]["frames"] == 2 * needed and not r["ceilings"]["cpu"]["failed"]
+        assert r["e2e"]["clips"] > 0 and r["e2e"]["videos_by_decoder"] == {"pyav": 2}
+        assert r["original"]["original_fp32_b20"]["clips"] == r["e2e"]["clips"]
+        pixels = r["fidelity"]["pixels_cpu_decoder"]
+        assert all(p["eager"]["max_abs_diff"] == 0 and p["compiled"]["max_abs_diff"] == 0 for p in pixels.values())
+        for name in ("default", "fp32_cpu_decoder"):
+            assert r["fidelity"][name]["cos_min"] > 0.99999
+    runs = results["balance"]["charades"]["runs"]
+    assert [run["world_size"] for run in runs] == [1, 2] and runs[0]["clips"] == runs[1]["clips"] > 0
+    assert results["balance"]["charades"]["features"]["cos_min"] > 0.99999
+    assert "of model-only" in res.stdout and "speed-up x" in res.stdout

@@ -140,7 +140,7 @@ class NvdecSession(threading.Thread):
                 keep = np.isin(ids, needed)
                 if not keep.any():
                     continue
-                with torch.cuda.stream(self.stream):
+                with torch.cuda.stream(self.stream), torch.inference_mode():
                     batch = nv12_batch(frames, self.device)
                     if not keep.all():
                         batch = batch[torch.from_numpy(np.flatnonzero(keep)).to(self.device)]

@@ -34,10 +34,11 @@ def shared_buffer(nbytes: int, name: str) -> int:
 
 
 def pin(tensor: torch.Tensor) -> bool:
-    """Registers host memory with CUDA (page-locked), so that copies to the GPU run
-    asynchronously straight from it. False if CUDA refused (copies then still work)."""
+    """Registers host memory with CUDA (page-locked, for every context: flag Portable), so
+    that copies to the GPU run asynchronously straight from it. False if CUDA refused
+    (copies then still work, staged by the driver)."""
     cudart = torch.cuda.cudart()
-    return int(cudart.cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0)) == 0
+    return int(cudart.cudaHostRegister(tensor.data_ptr(), tensor.numel(), 1)) == 0
 
 
 class CpuDecoder:

@@ -102,6 +102,9 @@ class FrameSource:
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
         self.cpu = [self._start_decoder(i) for i in range(plan.cpu_decoders)]
+        if self.cuda and not all(d.pinned for d in self.cpu):
+            report({"type": "warning", "video": None, "msg": "CUDA would not pin the decoders' shared buffers: "
+                                                              "copies to the GPU are staged (slower)"})
         self.prober: Optional[CpuDecoder] = None
         self.probing: list = []  # jobs waiting for, or in, the prober
         self.sessions: list = []

@@ -1,0 +1,56 @@
+"""Decoding alone, with the pipeline's own decoders: frames per second of a worker's frame
+source (decoder processes, NVDEC sessions, or both) over a corpus, every chunk dropped as
+soon as it arrives (CPU: its buffer space given back; NVDEC: the decoded surfaces viewed
+as one batch, not converted). This is the ceiling that decoding puts on a run: the
+pipeline cannot decode faster while it also feeds the model."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from extractor.decode.source import DecodePlan, FrameSource  # noqa: E402
+from extractor.pipeline import VideoJob  # noqa: E402
+
+
+class SurfacesOnly:
+    """Stands in for the InputMaker: NVDEC batches are returned as they are (decode only)."""
+
+    def from_nv12(self, batch, info):
+        return batch
+
+
+def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16) -> dict:
+    todo, lock = list(videos), threading.Lock()
+
+    def claim():
+        with lock:
+            return (todo.pop(0), None) if todo else None
+
+    t0 = time.perf_counter()
+    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device, SurfacesOnly())
+    frames, failed, decoders = 0, {}, {}
+    try:
+        while True:
+            event = source.queue.get()
+            kind = event[0]
+            if kind == "exit":
+                break
+            if kind == "frames":
+                event[3].discard()
+                frames += len(event[2])
+            elif kind == "decoded":
+                decoders[event[1].decoder] = decoders.get(event[1].decoder, 0) + 1
+            elif kind in ("fail", "fatal"):
+                failed[str(event[1].path.name if event[1] else "source")] = event[2]
+    finally:
+        source.close()
+    wall = time.perf_counter() - t0
+    return {"plan": plan.describe(), "videos": len(videos), "frames": frames, "wall_s": round(wall, 2),
+            "frames_per_s": round(frames / wall, 1), "clips_per_s": round(frames / wall / min(stride, clip_len), 1),
+            "videos_by_decoder": decoders, "failed": failed}
