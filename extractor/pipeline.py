@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, BackboneOptions, open_backbone
-from .outputs import output_name, save_features
+from .datasets import feature_relpath, video_name
+from .outputs import save_features
 from .video import (ClipAssembler, DecodeError, DecordDecoder, NvdecDecoder, VideoDecoder, clip_starts, needed_frames,
                     preprocess)
 
@@ -51,12 +52,18 @@ class RunConfig:
     ext: str = "npy"
     lost_after_s: float = 120.0  # several processes: a process silent this long is lost
     decode_timeout_s: float = 600.0  # a video whose decoding makes no progress this long is hung
+    data_path: Optional[Path] = None  # the videos' names are relative to it (extractor/datasets.py)
 
     def backbone_options(self) -> BackboneOptions:
         return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)
 
+    def video_name(self, video: Path) -> str:
+        """The name a video goes by in events and records (not its file name: videos in
+        different folders may share one)."""
+        return video_name(video, self.data_path)
+
     def output_path(self, video: Path) -> Path:
-        return self.save_path / output_name(video.stem, self.prefix, self.suffix, self.ext)
+        return self.save_path / feature_relpath(self.video_name(video), self.prefix, self.suffix, self.ext)
 
 
 Report = Callable[[dict], None]
@@ -73,6 +80,7 @@ class VideoJob:
     features: Optional[np.ndarray] = None
     filled: int = 0
     decoded: bool = False
+    frames_decoded: int = 0  # for progress events: frames read so far, in video order
     failed: bool = False
     decoder: str = ""  # which decoder read it
     rotation: int = 0  # display rotation applied to its frames
@@ -128,7 +136,8 @@ class ClipPrefetcher:
         now = time.monotonic()
         if now - last[0] > 2.0:
             last[0] = now
-            self.report({"type": "progress", "video": job.path.name})
+            self.report({"type": "progress", "video": self.cfg.video_name(job.path), "frames": job.frames_decoded,
+                         "total": job.num_frames})
 
     def _decode(self, job: VideoJob):
         cfg = self.cfg
@@ -141,7 +150,7 @@ class ClipPrefetcher:
             job.num_frames, job.fps, job.rotation = dec.info.num_frames, dec.info.fps, dec.info.rotation
             job.starts = clip_starts(job.num_frames, cfg.clip_len, cfg.stride)
             if job.num_frames < cfg.clip_len:
-                self.report({"type": "warning", "video": job.path.name,
+                self.report({"type": "warning", "video": self.cfg.video_name(job.path),
                              "msg": f"{job.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
                                     "one clip padded with its last frame"})
             job.decode_s += time.perf_counter() - t0
@@ -151,13 +160,14 @@ class ClipPrefetcher:
             chunk = max(1, min(cfg.chunk_frames, cfg.chunk_bytes // frame_bytes))
             for idx, frames in self._timed(job, dec.chunks(needed_frames(job.starts, cfg.clip_len, job.num_frames),
                                                             chunk)):
+                job.frames_decoded = int(idx[-1]) + 1
                 self._progress(job, last_progress)
                 tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
                 if self.pin:
                     tensor = tensor.pin_memory()
                 if not self._put(("frames", job, idx, tensor), job, last_progress):
                     return
-            self.report({"type": "decoded", "video": job.path.name})
+            self.report({"type": "decoded", "video": self.cfg.video_name(job.path)})
             self._put(("decoded", job))
         except DecodeError as e:
             self._put(("fail", job, str(e)))
@@ -220,10 +230,11 @@ class Saver:
             try:
                 save_features(self.cfg.output_path(job.path), job.features)
             except OSError as e:
-                self.report({"type": "failed", "video": job.path.name, "reason": f"cannot write features: {e}"})
+                self.report({"type": "failed", "video": self.cfg.video_name(job.path),
+                             "reason": f"cannot write features: {e}"})
                 continue
             self.report({
-                "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
+                "type": "done", "video": self.cfg.video_name(job.path), "path": str(job.path.resolve()),
                 "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts), "frames": job.num_frames,
                 "fps": job.fps, "width": int(job.features.shape[1]), "decoder": job.decoder, "rotation": job.rotation,
                 "decode_s": job.decode_s,
@@ -385,7 +396,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 job.decoded = True
                 if not job.assembler.done:
                     job.failed = True
-                    report({"type": "failed", "video": job.path.name,
+                    report({"type": "failed", "video": cfg.video_name(job.path),
                             "reason": f"decoder returned too few frames ({job.assembler.next_clip} of "
                                       f"{len(job.starts)} clips)"})
                 job.assembler = None
@@ -393,7 +404,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             elif kind == "fail":
                 job.failed = True
                 job.assembler = None
-                report({"type": "failed", "video": job.path.name, "reason": event[2]})
+                report({"type": "failed", "video": cfg.video_name(job.path), "reason": event[2]})
         launch(final=True)
         while in_flight:
             collect(in_flight.pop(0))
