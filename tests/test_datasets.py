@@ -1,14 +1,19 @@
-"""Large datasets as people run them: an ETA measured in the work."""
+"""Large datasets as people run them: an ETA measured in the work, --video_list, nested
+folders with --recursive, run.log, and a summary that points at the run's records."""
 
 import heapq
 import io
+import json
 import re
 import time
 
 import numpy as np
 import pytest
 
+from conftest import run_cli, tiny_args
+from extractor.demo import write_video
 from extractor.launch import RunSummary, Supervisor, local_group, run_group
+from extractor.outputs import read_manifest
 from extractor.pipeline import RunConfig
 from extractor.progress import Progress, RunLog
 
@@ -173,3 +178,95 @@ def test_progress_bar_on_a_terminal_shows_rate_eta_and_counts():
     assert text.startswith(" 38%|") and "ETA 0:00:17" in text and "5.0 clips/s" in text, text
     assert "0/2 videos: 0 done, 0 failed | 2 skipped" in text, text
     progress.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Which videos, and where their features go (the CLI, tiny model)
+
+
+def test_recursive_keeps_the_folder_layout_resumes_and_logs_the_run(tmp_path):
+    data, out = tmp_path / "videos", tmp_path / "out"
+    for rel, n in (("class_a/clip.mp4", 20), ("class_b/clip.mp4", 16), ("top.mp4", 10)):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video(data / rel, n, width=64, height=48)
+    (data / ".hidden").mkdir()
+    write_video(data / ".hidden" / "skip.mp4", 16, width=64, height=48)
+    anno = tmp_path / "anno.json"
+    anno.write_text(json.dumps({"database": {"clip": {}, "top": {}, "gone": {}}}))
+    args = tiny_args(data, out, "--recursive", "--anno_file", anno)
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == [
+        "class_a/clip.npy", "class_b/clip.npy", "top.npy"]  # equal stems in different folders both kept
+    assert np.load(out / "class_a" / "clip.npy").shape == (2, 128)
+    manifest = read_manifest(out)
+    assert sorted(manifest) == ["class_a/clip.mp4", "class_b/clip.mp4", "top.mp4"]
+    assert manifest["class_b/clip.mp4"]["feature_file"] == "class_b/clip.npy"
+    assert (out / "missing_files.txt").read_text().splitlines() == ["gone"]
+    summary = [line for line in res.stdout.splitlines() if line.startswith("summary: ")]
+    assert len(summary) == 1 and "summary: 3 done, 0 skipped, 0 failed" in summary[0]
+    assert f"records: {out / 'manifest.jsonl'} (3 entries added), {out / 'missing_files.txt'} (1 annotated videos " \
+           "without features)" in summary[0]
+    assert "run the same command again" not in summary[0]  # nothing left to do
+
+    log = (out / "run.log").read_text(encoding="utf-8").splitlines()
+    assert all(re.match(STAMP, line) for line in log)
+    texts = [line[20:] for line in log]
+    assert texts[0].startswith("run started on ") and "--recursive" in texts[0]
+    assert texts[1].startswith("3 videos, 3 to do, 0 already done | device cpu x1")
+    video_lines = [line for line in res.stdout.splitlines() if " clips (" in line]
+    assert len(video_lines) == 3 and all(line in texts for line in video_lines)
+    assert any("warning: top.mp4: 10 frames, shorter than one clip" in line for line in texts)
+    assert summary[0] in texts
+
+    (out / "class_a" / ".clip.npy.x1y2z3.tmp").write_bytes(b"partial")  # a write a killed run left
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 videos, 0 to do, 3 already done" in res.stdout and "removed 1 partial file" in res.stderr
+    assert not list(out.rglob("*.tmp"))
+    texts = [line[20:] for line in (out / "run.log").read_text(encoding="utf-8").splitlines()]
+    assert sum(t.startswith("run started on ") for t in texts) == 2  # appended
+    assert texts[-1].startswith("summary: 0 done, 3 skipped, 0 failed")
+
+
+def test_video_list_names_the_videos_and_a_missing_one_is_a_failure(tmp_path):
+    data, out, elsewhere = tmp_path / "videos", tmp_path / "out", tmp_path / "elsewhere"
+    (data / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    write_video(data / "sub" / "one.mp4", 20, width=64, height=48)
+    write_video(data / "two.mp4", 16, width=64, height=48)
+    write_video(data / "not_listed.mp4", 16, width=64, height=48)
+    write_video(elsewhere / "three.mp4", 16, width=64, height=48)
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# the videos to do\nsub/one.mp4\n\n  two.mp4  \n{elsewhere / 'three.mp4'}\nmissing.mp4\n"
+                       f"./two.mp4\n{data / 'sub' / 'one.mp4'}\n")
+    res = run_cli(*tiny_args(data, out, "--video_list", listing))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "4 videos, 3 to do, 0 already done, 1 not found" in res.stdout
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == ["sub/one.npy", "three.npy", "two.npy"]
+    assert (out / "failed_videos.txt").read_text().splitlines() == ["missing.mp4\tnot found"]
+    assert "FAILED missing.mp4: not found" in res.stderr
+    manifest = read_manifest(out)
+    assert manifest["missing.mp4"]["status"] == "failed"
+    outside = str(elsewhere / "three.mp4")
+    assert manifest[outside]["status"] == "done" and manifest[outside]["feature_file"] == "three.npy"
+    assert manifest["sub/one.mp4"]["feature_file"] == "sub/one.npy"
+    summary = next(line for line in res.stdout.splitlines() if line.startswith("summary: "))
+    assert summary.startswith("summary: 3 done, 0 skipped, 1 failed")
+    assert f"{out / 'manifest.jsonl'} (4 entries added), {out / 'failed_videos.txt'} (1 videos)" in summary
+    assert summary.endswith("1 videos have no features: run the same command again to resume (it tries them again; "
+                            "finished videos are skipped)")
+    texts = [line[20:] for line in (out / "run.log").read_text().splitlines()]
+    assert "FAILED missing.mp4: not found" in texts and summary in texts
+
+
+def test_two_videos_with_one_output_stop_the_run_before_any_work(tmp_path):
+    data = tmp_path / "videos"
+    data.mkdir()
+    for name in ("clip.mp4", "clip.avi", "other.mp4"):
+        (data / name).write_bytes(b"never read")
+    res = run_cli(*tiny_args(data, tmp_path / "out"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip() == f"error: clip.avi and clip.mp4 would both write {tmp_path / 'out' / 'clip.npy'}: " \
+                                 "rename one of them"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
