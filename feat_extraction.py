@@ -9,7 +9,10 @@ Run `python feat_extraction.py --help` for the flags, `--demo` for a self-contai
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -51,7 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("data (the original script's flags)")
     io.add_argument("--data_set", choices=sorted(PRESETS),
                     help="dataset preset: clip length 16; stride 4 for thumos/charades, 16 for fineaction/hacs")
-    io.add_argument("--data_path", type=Path, help="folder of videos (not searched recursively)")
+    io.add_argument("--data_path", type=Path,
+                    help="folder of videos (its subfolders too with --recursive); --video_list entries are relative to it")
+    which = io.add_mutually_exclusive_group()
+    which.add_argument("--video_list", type=Path,
+                       help="text file naming the videos to process, one per line, absolute or relative to --data_path "
+                            "(blank lines and # comments skipped); features of a video in a subfolder of --data_path go "
+                            "to the same subfolder of --save_path, those of a video outside it to --save_path itself")
+    which.add_argument("--recursive", action="store_true",
+                       help="take the videos in the subfolders of --data_path too; features keep the folder layout "
+                            "under --save_path")
     io.add_argument("--save_path", type=Path, help="folder for the feature files (created if missing)")
     io.add_argument("--anno_file", type=Path,
                     help="ActivityNet-style JSON ({'database': {...}}): write missing_files.txt listing annotated "
@@ -110,20 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lost_after_s", type=positive_int, default=120,
                    help="torchrun/srun runs: seconds without a heartbeat after which process 0 treats another "
                         "process (a node that died) as lost and records the videos it held as failed")
+    r.add_argument("--log_every_s", type=positive_int, default=60,
+                   help="seconds between progress lines in run.log, and on stderr when it is not a terminal "
+                        "(nohup, Slurm; a terminal gets a progress bar)")
     r.add_argument("--demo", action="store_true",
                    help="run on a generated sample video with a small RANDOM-weights checkpoint (./demo_data)")
     return p
 
 
 def resolve(args: argparse.Namespace, launcher=None):
-    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone).
-    `launcher`: rank, world size and rendezvous when torchrun or srun started this process."""
+    """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone),
+    videos as names relative to --data_path (extractor/datasets.py). `launcher`: rank, world size and
+    rendezvous when torchrun or srun started this process."""
     import torch
 
     from extractor.backbones import open_backbone
     from extractor.checkpoints import CheckpointError
     from extractor.pipeline import RunConfig
-    from extractor.video import VIDEO_EXTENSIONS, list_videos
+    from extractor.video import VIDEO_EXTENSIONS
 
     if args.demo:
         from extractor.demo import prepare_demo
@@ -170,9 +186,13 @@ def resolve(args: argparse.Namespace, launcher=None):
         if why:
             raise UsageError(f"--decoder nvdec needs PyNvVideoCodec and the driver's NVDEC library ({why})")
 
-    videos = list_videos(args.data_path)
+    videos = choose_videos(args)
     if not videos:
-        raise UsageError(f"no video files in {args.data_path} (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
+        if args.video_list is not None:
+            raise UsageError(f"--video_list {args.video_list} names no videos")
+        raise UsageError(f"no video files in {args.data_path}{' or its subfolders' if args.recursive else ''} "
+                         f"(extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
+    check_distinct_outputs(videos, args)
     if args.anno_file is not None:
         from extractor.outputs import annotated_videos
 
@@ -187,7 +207,7 @@ def resolve(args: argparse.Namespace, launcher=None):
         nvdec_sessions=args.nvdec_sessions or 0, num_threads=args.num_threads or 0,
         decode_buffer_bytes=args.decode_buffer_mb << 20, normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
-        lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s)
+        lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s, data_path=args.data_path)
     try:
         backbone = open_backbone(args.model_type, args.ckpt_path, cfg.backbone_options())
     except CheckpointError as e:
@@ -219,6 +239,34 @@ def decoding_plan(cfg, group) -> str:
     return text
 
 
+def choose_videos(args) -> list[str]:
+    """The names of the videos the run covers: --video_list's, or those found in --data_path."""
+    from extractor.datasets import find_videos, read_video_list
+
+    if args.video_list is not None:
+        try:
+            return read_video_list(args.video_list, args.data_path)
+        except OSError as e:
+            raise UsageError(f"--video_list {args.video_list}: cannot read it ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--video_list {args.video_list}: not a UTF-8 text file") from None
+    try:
+        return find_videos(args.data_path, args.recursive)
+    except OSError as e:
+        raise UsageError(f"cannot read {e.filename or args.data_path}: {e.strerror or e}") from None
+
+
+def check_distinct_outputs(videos: list[str], args) -> None:
+    """Two videos whose features would go to the same file stop the run before any work."""
+    from extractor.datasets import feature_relpath, output_collisions
+
+    clashes = output_collisions(videos, lambda name: feature_relpath(name, args.prefix, args.suffix, args.ext))
+    if clashes:
+        first, second, out = clashes[0]
+        more = f" (and {len(clashes) - 1} more such pairs)" if len(clashes) > 1 else ""
+        raise UsageError(f"{first} and {second} would both write {args.save_path / out}{more}: rename one of them")
+
+
 def run_record(cfg, backbone) -> dict:
     """The settings every manifest line carries."""
     from extractor.checkpoints import file_digest
@@ -235,9 +283,12 @@ def run_record(cfg, backbone) -> dict:
 
 
 def video_record(ev: dict, cfg) -> dict:
+    from extractor.datasets import feature_relpath
+
     if ev["type"] == "failed":
         return {"video": ev["video"], "status": "failed", "reason": ev["reason"]}
-    return {"video": ev["video"], "status": "done", "path": ev["path"], "feature_file": ev["feature_file"],
+    return {"video": ev["video"], "status": "done", "path": ev["path"],
+            "feature_file": str(feature_relpath(ev["video"], cfg.prefix, cfg.suffix, cfg.ext)),
             "frames": ev["frames"], "fps": ev["fps"], "num_clips": ev["clips"], "shape": [ev["clips"], ev["width"]],
             "video_decoder": ev["decoder"], "rotation_applied": ev["rotation"],
             "seconds": round(ev["wall_s"], 3)}
@@ -257,6 +308,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from extractor.launch import RunSummary, join_launcher_group, local_group, run_group
+    from extractor.progress import RUN_LOG, RunLog
 
     if launcher is None:
         group = local_group(world_size)
@@ -267,70 +319,105 @@ def main(argv=None) -> int:
             print(f"error: rendezvous at {launcher['master_addr']}:{launcher['master_port']} failed: "
                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
+    log = RunLog(cfg.save_path / RUN_LOG if group.coordinator else None)  # process 0 keeps the run's log
     try:
         if group.coordinator:
-            return coordinate(args, cfg, videos, group, backbone)
+            command = shlex.join(["feat_extraction.py", *(sys.argv[1:] if argv is None else map(str, argv))])
+            log.keep(f"run started on {socket.gethostname()} (pid {os.getpid()}): {command}")
+            return coordinate(args, cfg, videos, group, backbone, log)
         del backbone
         run_group(group, cfg, args.data_path, None, RunSummary())
         return 0
     except KeyboardInterrupt:
-        print("interrupted: finished feature files are kept; run the same command again to resume", file=sys.stderr)
+        log.say("interrupted: finished feature files are kept; run the same command again to resume", err=True)
         return 130
+    finally:
+        log.close()
 
 
-def coordinate(args, cfg, videos, group, backbone) -> int:
+def coordinate(args, cfg, videos, group, backbone, log) -> int:
     """Process 0: decides what to do, runs its share, keeps the records, prints the summary."""
-    from extractor.launch import RunSummary, order_longest_first, run_group
+    from extractor.datasets import file_sizes
+    from extractor.launch import RunSummary, run_group
     from extractor.outputs import (Manifest, annotated_videos, check_existing, remove_partial_files, write_failed,
                                    write_missing)
 
     if backbone.note:
-        print(f"note: {backbone.note}", file=sys.stderr)
+        log.say(f"note: {backbone.note}", err=True)
     removed = remove_partial_files(cfg.save_path)
     if removed:
-        print(f"removed {removed} partial file(s) left by an interrupted run", file=sys.stderr)
+        log.say(f"removed {removed} partial file(s) left by an interrupted run", err=True)
     summary = RunSummary()
     todo = []
     for video in videos:
-        out = cfg.output_path(video)
+        out = cfg.output_path(args.data_path / video)
         if out.exists() and not args.overwrite:
             problem = check_existing(out, backbone.width)
             if problem is None:
                 summary.skipped += 1
                 continue
-            print(f"warning: {out.name} {problem}: recomputing", file=sys.stderr)
+            log.say(f"warning: {out.relative_to(cfg.save_path)} {problem}: recomputing", err=True)
         todo.append(video)
+    sizes = file_sizes(args.data_path, todo)
+    not_found = [video for video in todo if sizes[video] is None]
+    todo = sorted((video for video in todo if sizes[video] is not None), key=lambda v: (-sizes[v], v))  # longest first
     processes = f" in {group.processes} processes" if group.processes > 1 else ""
-    print(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done | device {cfg.device} "
-          f"x{group.world_size}{processes} | {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} "
-          f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder}: {decoding_plan(cfg, group)} "
-          f"| {backbone.description} | {backbone.preprocessing.describe()}")
+    log.say(f"{len(videos)} videos, {len(todo)} to do, {summary.skipped} already done"
+            f"{f', {len(not_found)} not found' if not_found else ''} | device {cfg.device} "
+            f"x{group.world_size}{processes} | {cfg.dtype}{' compiled' if cfg.compile else ''} | clips {cfg.clip_len} "
+            f"frames, stride {cfg.stride} | batch {cfg.batch_clips} | decoder {cfg.decoder}: "
+            f"{decoding_plan(cfg, group)} | {backbone.description} | {backbone.preprocessing.describe()}")
     # run_record hashes the checkpoint: only when there is something to record
-    manifest = Manifest(cfg.save_path, run_record(cfg, backbone)) if todo else None
+    manifest = Manifest(cfg.save_path, run_record(cfg, backbone)) if todo or not_found else None
     del backbone
-    run_group(group, cfg, args.data_path, [p.name for p in order_longest_first(todo)], summary,
-              on_video=lambda ev: manifest.add(video_record(ev, cfg)))
+    for video in not_found:
+        summary.failed[video] = "not found"
+        log.say(f"FAILED {video}: not found", err=True)
+        manifest.add(video_record({"type": "failed", "video": video, "reason": "not found"}, cfg))
+    try:
+        run_group(group, cfg, args.data_path, todo, summary, on_video=lambda ev: manifest.add(video_record(ev, cfg)),
+                  sizes={video: sizes[video] for video in todo}, log=log, log_every_s=args.log_every_s)
+    except KeyboardInterrupt:
+        left = len(todo) + len(not_found) - summary.done - len(summary.failed)
+        log.say(f"interrupted: {summary.done} done, {len(summary.failed)} failed, {left} of "
+                f"{len(todo) + len(not_found)} videos left | {records(cfg, manifest, {}, None)} | finished feature "
+                f"files are kept; run the same command again to resume", err=True)
+        return 130
     write_failed(cfg.save_path, summary.failed)
-    missing_note = ""
+    missing = None
     if args.anno_file is not None:
         missing = write_missing(cfg.save_path, annotated_videos(args.anno_file), cfg.prefix, cfg.suffix, cfg.ext)
-        missing_note = f" | {len(missing)} annotated videos without features (missing_files.txt)"
     busy_s = summary.wall_s - summary.startup_s
     rate = summary.clips / busy_s if busy_s > 0 else 0.0
     idle_s, idle_frac = summary.end_idle()
     balance = f" | first worker out of work waited {idle_s:.1f}s ({idle_frac:.1%} of the run)" \
         if len(summary.worker_end_s) > 1 else ""
-    print(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
-          f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
-          f"time split (summed over videos, "
-          f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
-          f" | peak memory per worker: {summary.peak_ram_gib:.2f} GiB RAM (decoder processes and buffers included), "
-          f"{summary.peak_gpu_gib:.2f} GiB GPU"
-          f"{balance}{missing_note}")
+    resume = f" | {len(summary.failed)} videos have no features: run the same command again to resume (it tries " \
+             "them again; finished videos are skipped)" if summary.failed else ""
+    log.say(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
+            f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
+            f"time split (summed over videos, "
+            f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
+            f" | peak memory per worker: {summary.peak_ram_gib:.2f} GiB RAM (decoder processes and buffers included), "
+            f"{summary.peak_gpu_gib:.2f} GiB GPU{balance} | {records(cfg, manifest, summary.failed, missing)}{resume}")
     if summary.failed:
-        print(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", file=sys.stderr)
+        log.say(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", err=True)
         return 1
     return 0
+
+
+def records(cfg, manifest, failed: dict, missing) -> str:
+    """Where the run's records are, with their counts."""
+    from extractor.outputs import FAILED_LIST, MANIFEST, MISSING_LIST
+
+    found = []
+    if (cfg.save_path / MANIFEST).exists():
+        found.append(f"{cfg.save_path / MANIFEST} ({manifest.written if manifest else 0} entries added)")
+    if failed:
+        found.append(f"{cfg.save_path / FAILED_LIST} ({len(failed)} videos)")
+    if missing is not None:
+        found.append(f"{cfg.save_path / MISSING_LIST} ({len(missing)} annotated videos without features)")
+    return f"records: {', '.join(found) or 'none'}"
 
 
 if __name__ == "__main__":

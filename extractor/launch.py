@@ -11,15 +11,15 @@ spread over nodes. Either way the same code runs:
   no GPU idles on a fixed stripe while another still has long videos. A worker that dies
   (decoder crash, killed) is replaced; the videos it held are tried once more, alone, and
   then recorded as failed;
-- every supervisor publishes its workers' events in the store; process 0 reads them all and
-  keeps the progress bar, the manifest, failed_videos.txt and the summary."""
+- every supervisor publishes its workers' events in the store (their progress inside videos
+  at most every few seconds, summed up); process 0 reads them all and keeps the progress
+  (extractor/progress.py), the run log, the manifest, failed_videos.txt and the summary."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -32,7 +32,9 @@ from typing import Optional
 import torch
 import torch.multiprocessing as mp
 
+from .datasets import file_sizes
 from .pipeline import RunConfig, run_worker
+from .progress import Progress, RunLog
 
 
 @dataclass
@@ -175,94 +177,7 @@ class EventLog:
 
 
 # ---------------------------------------------------------------------------------------
-# The coordinator: progress, records, summary
-
-
-class Progress:
-    """Receives every worker's events; one tqdm bar, one line per video, the summary."""
-
-    def __init__(self, total: int, summary: RunSummary, on_video=None):
-        from tqdm import tqdm
-
-        self.summary = summary
-        self.on_video = on_video  # called with each "done" / "failed" event (the manifest)
-        self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, disable=None)
-        self.t0 = time.perf_counter()
-        self.t0_wall = time.time()  # events carry their sender's wall-clock time
-        self.t_ready: Optional[float] = None
-        self.held: dict[int, set] = {}  # rank -> videos claimed and not finished
-        self.decoding_said: set = set()  # each distinct decoder set-up is said once
-        self.lock = threading.Lock()
-
-    def say(self, text: str, err: bool = False):
-        self.bar.write(text, file=sys.stderr if err else sys.stdout)
-
-    def handle(self, rank: int, ev: dict):
-        with self.lock:
-            self._handle(rank, ev)
-
-    def _handle(self, rank: int, ev: dict):
-        kind, s = ev["type"], self.summary
-        name = ev.get("video")
-        if kind == "claimed":
-            self.held.setdefault(rank, set()).add(name)
-        elif kind == "ready":
-            s.backbone = ev["backbone"]
-            if self.t_ready is None:
-                self.t_ready = time.perf_counter()
-                s.startup_s = self.t_ready - self.t0
-            if ev.get("decoding") and ev["decoding"] not in self.decoding_said:
-                self.decoding_said.add(ev["decoding"])
-                self.say(f"[R{rank}] decoding: {ev['decoding']}")
-        elif kind == "done":
-            self.held.get(rank, set()).discard(name)
-            s.done += 1
-            s.clips += ev["clips"]
-            s.video_s += ev["frames"] / ev["fps"] if ev["fps"] else 0.0
-            s.decode_s += ev["decode_s"]
-            s.model_s += ev["model_s"]
-            s.save_s += ev["save_s"]
-            self.say(f"[R{rank}] {name}: {ev['clips']} clips ({ev['frames']} frames @ {ev['fps']:.2f} fps) | "
-                     f"decode ({ev['decoder']}) {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
-            self._record(ev)
-            self.bar.update(1)
-            busy = time.perf_counter() - (self.t_ready or self.t0)
-            self.bar.set_postfix(clips_per_s=f"{s.clips / max(busy, 1e-9):.1f}")
-        elif kind == "failed":
-            self.held.get(rank, set()).discard(name)
-            s.failed[name] = ev["reason"]
-            self.say(f"[R{rank}] FAILED {name}: {ev['reason']}", err=True)
-            self._record(ev)
-            self.bar.update(1)
-        elif kind == "released":  # the worker died holding it; its supervisor will try it again
-            self.held.get(rank, set()).discard(name)
-        elif kind == "warning":
-            where = f" {name}:" if name else ""
-            self.say(f"[R{rank}] warning:{where} {ev['msg']}", err=True)
-        elif kind == "peak":
-            s.peak_ram_gib = max(s.peak_ram_gib, ev["ram_gib"])
-            s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
-        elif kind == "worker_end":
-            s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
-        elif kind == "fatal":
-            self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
-
-    def _record(self, ev: dict):
-        if self.on_video is not None:
-            try:
-                self.on_video(ev)
-            except OSError as e:
-                self.say(f"warning: cannot write the manifest: {e}", err=True)
-
-    def lose_ranks(self, ranks: list, why: str):
-        with self.lock:
-            for rank in ranks:
-                for name in sorted(self.held.pop(rank, set())):
-                    self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} while holding it"})
-
-    def close(self):
-        self.summary.wall_s = time.perf_counter() - self.t0
-        self.bar.close()
+# The coordinator: reads every process's events into Progress
 
 
 class Coordinator(threading.Thread):
@@ -274,6 +189,7 @@ class Coordinator(threading.Thread):
         self.group, self.progress, self.todo, self.lost_after_s = group, progress, todo, lost_after_s
         self.log = EventLog(group)
         self.error: Optional[BaseException] = None
+        self.stopping = threading.Event()  # the run was interrupted: stop reading
 
     def run(self):
         try:
@@ -297,6 +213,9 @@ class Coordinator(threading.Thread):
                 self.progress.handle(ev["rank"], ev)
             if finished + len(lost) >= processes and read == self.log.count():
                 break
+            if self.stopping.is_set():
+                return
+            self.progress.tick()
             now = time.monotonic()
             for p in range(1, processes):
                 if p in lost or store.check([f"finished/{p}"]):
@@ -413,7 +332,11 @@ class Supervisor:
     once more, each by a fresh worker that runs that video alone (a video that kills its
     worker cannot take innocent neighbours down twice); then the rank goes back to the queue.
     A rank whose worker dies three times in a row holding no video (at start-up, say) is
-    given up. A worker whose decoding hangs is killed first (`_watch`)."""
+    given up. A worker whose decoding hangs is killed first (`_watch`). The workers' progress
+    inside videos goes to process 0 as one event per PROGRESS_EVERY_S at most, whatever the
+    number of workers (the store is not flooded)."""
+
+    PROGRESS_EVERY_S = 2.0
 
     def __init__(self, group: Group, cfg: RunConfig, data_path: Path, todo: list[str], worker=None,
                  thread_arg=None):
@@ -427,6 +350,8 @@ class Supervisor:
         self.retries: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos to try again, alone
         self.again: dict[int, list] = {r: [] for r in group.ranks}  # rank -> videos whose decoder died, to try again
         self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths in a row holding no video
+        self.decoded_frames: dict[str, tuple[int, int]] = {}  # video in progress -> (frames decoded, frames)
+        self.progress_changed, self.progress_sent = False, 0.0
         self.ctx = mp.get_context("spawn")
 
     def _start(self, rank: int, local_rank: int, only: Optional[str] = None) -> _Worker:
@@ -460,6 +385,7 @@ class Supervisor:
                             workers[successor.conn] = successor
                         continue
                     self._message(worker, msg)
+                self._publish_progress()
                 if time.monotonic() - last_beat > min(5.0, self.cfg.lost_after_s / 4):
                     self.group.store.add(f"beat/{self.group.process}", 1)
                     last_beat = time.monotonic()
@@ -483,6 +409,12 @@ class Supervisor:
     def _publish(self, worker: _Worker, ev: dict) -> None:
         self.log.publish(worker.rank, ev)
 
+    def _publish_progress(self) -> None:
+        now = time.monotonic()
+        if self.progress_changed and now - self.progress_sent >= self.PROGRESS_EVERY_S:
+            self.log.publish(self.group.ranks[0], {"type": "progress", "videos": self.decoded_frames})
+            self.progress_changed, self.progress_sent = False, now
+
     def _message(self, worker: _Worker, msg) -> None:
         if msg[0] == "claim":
             worker.waiting_claims += 1
@@ -492,8 +424,11 @@ class Supervisor:
         else:
             ev = msg[1]
             kind = ev["type"]
-            if kind == "progress":  # the watchdog's, not the record's
+            if kind == "progress":  # the watchdog's; sent on to process 0 summed up (_publish_progress)
                 worker.decoding[ev["video"]] = time.monotonic()
+                if "total" in ev:
+                    self.decoded_frames[ev["video"]] = (ev["frames"], ev["total"])
+                    self.progress_changed = True
                 return
             if kind == "decoded":
                 worker.decoding.pop(ev["video"], None)
@@ -506,6 +441,7 @@ class Supervisor:
             elif kind in ("done", "failed"):
                 worker.held.pop(ev["video"], None)
                 worker.decoding.pop(ev["video"], None)
+                self.decoded_frames.pop(ev["video"], None)
                 self.deaths[worker.rank] = 0
             self._publish(worker, ev)
 
@@ -563,6 +499,7 @@ class Supervisor:
                 self.retries[rank].insert(0, worker.only)
             again = []
             for name in sorted(worker.held, key=worker.held.get):
+                self.decoded_frames.pop(name, None)
                 if self.attempts[name] >= 2:
                     self._publish(worker, {"type": "failed", "video": name,
                                            "reason": f"its worker died on both attempts (last: {why})"})
@@ -599,20 +536,31 @@ class Supervisor:
 
 
 def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list[str]], summary: RunSummary,
-              on_video=None, worker=None, thread_arg=None) -> RunSummary:
+              on_video=None, worker=None, thread_arg=None, sizes: Optional[dict[str, int]] = None,
+              log: Optional[RunLog] = None, log_every_s: float = 60.0) -> RunSummary:
     """Runs this process's share of the group's work. Process 0 passes the videos to do
-    (names in data_path, longest first) and gets the whole run's summary; the others read
-    the list from the store."""
+    (names in data_path, longest first; `sizes`: their file sizes, else read here), and gets
+    the whole run's summary and progress (lines through `log`); the others read the list
+    from the store. Interrupted (Ctrl-C, SIGTERM), process 0 stops reading events, so that
+    the summary holds what was recorded, and the KeyboardInterrupt goes on up."""
     coordinator = progress = None
     if group.coordinator:
         publish_todo(group, todo)
-        progress = Progress(len(todo), summary, on_video)
+        if sizes is None:
+            sizes = {name: size or 0 for name, size in file_sizes(data_path, todo).items()}
+        progress = Progress(sizes, summary, log or RunLog(None), cfg.clip_len, cfg.stride, on_video, log_every_s)
         coordinator = Coordinator(group, progress, todo, cfg.lost_after_s)
         coordinator.start()
     else:
         todo = read_todo(group)
     try:
         Supervisor(group, cfg, data_path, todo, worker, thread_arg).run()
+    except KeyboardInterrupt:
+        if coordinator is not None:
+            coordinator.stopping.set()
+            coordinator.join(timeout=10)
+            progress.close()
+        raise
     finally:
         group.store.set(f"finished/{group.process}", "1")
         group.store.add("processes_finished", 1)

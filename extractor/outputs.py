@@ -41,9 +41,10 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def remove_partial_files(folder: Path) -> int:
-    """Deletes the temporary files `_atomic_write` leaves when a run is killed mid-write."""
+    """Deletes the temporary files `_atomic_write` leaves when a run is killed mid-write, in
+    `folder` and its subfolders."""
     removed = 0
-    for path in folder.glob(".*.tmp"):
+    for path in folder.rglob(".*.tmp"):
         try:
             path.unlink()
             removed += 1
@@ -54,6 +55,7 @@ def remove_partial_files(folder: Path) -> int:
 
 def save_features(path: Path, features: np.ndarray) -> None:
     features = np.ascontiguousarray(features, dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)  # nested outputs (--recursive, --video_list)
     if path.suffix == ".pt":
         import torch
 
@@ -105,9 +107,18 @@ def annotated_videos(anno_file: Path) -> list[str]:
     return list(data["database"])
 
 
+def feature_ids(save_path: Path, prefix: str, suffix: str, ext: str) -> set[str]:
+    """The video ids (file stems) that have a feature file in save_path or its subfolders."""
+    end = f"{suffix}.{ext}"
+    return {p.name[len(prefix):len(p.name) - len(end)] for p in save_path.rglob(f"*.{ext}")
+            if p.name.startswith(prefix) and p.name.endswith(end) and len(p.name) > len(prefix) + len(end)}
+
+
 def write_missing(save_path: Path, video_ids: list[str], prefix: str, suffix: str, ext: str) -> list[str]:
-    """missing_files.txt: the annotated videos with no feature file, one per line."""
-    missing = [v for v in video_ids if not (save_path / output_name(v, prefix, suffix, ext)).exists()]
+    """missing_files.txt: the annotated videos with no feature file (in any subfolder), one
+    per line."""
+    have = feature_ids(save_path, prefix, suffix, ext)
+    missing = [v for v in video_ids if v not in have]
     write_lines(save_path / MISSING_LIST, missing)
     return missing
 
@@ -121,6 +132,7 @@ class Manifest:
     def __init__(self, save_path: Path, run_fields: dict):
         self.path = save_path / MANIFEST
         self.run_fields = run_fields
+        self.written = 0  # lines this run added
 
     def add(self, entry: dict) -> None:
         line = json.dumps({**entry, **self.run_fields}, ensure_ascii=False) + "\n"
@@ -128,6 +140,7 @@ class Manifest:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self.written += 1
 
 
 def read_manifest(save_path: Path) -> dict[str, dict]:

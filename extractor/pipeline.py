@@ -19,7 +19,8 @@ from .backbones import Backbone, BackboneOptions, open_backbone
 from .decode.common import VideoInfo
 from .decode.processes import process_pss_bytes
 from .decode.source import DecodePlan, FrameSource
-from .outputs import output_name, save_features
+from .datasets import feature_relpath, video_name
+from .outputs import save_features
 from .video import ClipAssembler, InputMaker
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -54,12 +55,18 @@ class RunConfig:
     ext: str = "npy"
     lost_after_s: float = 120.0  # several processes: a process silent this long is lost
     decode_timeout_s: float = 600.0  # a video whose decoding makes no progress this long is hung
+    data_path: Optional[Path] = None  # the videos' names are relative to it (extractor/datasets.py)
 
     def backbone_options(self) -> BackboneOptions:
         return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)
 
+    def video_name(self, video: Path) -> str:
+        """The name a video goes by in events and records (not its file name: videos in
+        different folders may share one)."""
+        return video_name(video, self.data_path)
+
     def output_path(self, video: Path) -> Path:
-        return self.save_path / output_name(video.stem, self.prefix, self.suffix, self.ext)
+        return self.save_path / feature_relpath(self.video_name(video), self.prefix, self.suffix, self.ext)
 
 
 Report = Callable[[dict], None]
@@ -69,6 +76,7 @@ Claim = Callable[[], Optional[Path]]
 @dataclass
 class VideoJob:
     path: Path
+    name: str = ""  # what events and records call it: its path relative to --data_path
     vid: int = -1  # the frame source's number for it
     fault: Optional[str] = None  # test hook: a decoder fault to inject (launch.injected_fault)
     info: Optional[VideoInfo] = None
@@ -79,6 +87,7 @@ class VideoJob:
     features: Optional[np.ndarray] = None
     filled: int = 0
     decoded: bool = False
+    frames_decoded: int = 0  # for progress events: frames read so far, in video order
     failed: bool = False
     decoder: str = ""  # which decoder read it: pyav, decord or nvdec
     decoder_note: str = ""  # why NVDEC did not take it, when it did not
@@ -126,10 +135,11 @@ class Saver:
             try:
                 save_features(self.cfg.output_path(job.path), job.features)
             except OSError as e:
-                self.report({"type": "failed", "video": job.path.name, "reason": f"cannot write features: {e}"})
+                self.report({"type": "failed", "video": self.cfg.video_name(job.path),
+                             "reason": f"cannot write features: {e}"})
                 continue
             self.report({
-                "type": "done", "video": job.path.name, "path": str(job.path.resolve()),
+                "type": "done", "video": job.name, "path": str(job.path.resolve()),
                 "feature_file": self.cfg.output_path(job.path).name, "clips": len(job.starts),
                 "frames": job.info.num_frames, "fps": job.info.fps, "width": int(job.features.shape[1]),
                 "decoder": job.decoder, "decoder_note": job.decoder_note, "rotation": job.info.rotation,
@@ -260,7 +270,8 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     plan = plan_decoding(cfg, device, cpu_budget)
     report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
     saver = Saver(cfg, report)
-    source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report, VideoJob, device, maker)
+    source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,
+                         lambda path: VideoJob(path, cfg.video_name(path)), device, maker)
     memory = MemoryWatch(source)
     memory.start()
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
@@ -307,7 +318,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.info.num_frames)
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
                 if job.info.num_frames < cfg.clip_len:
-                    report({"type": "warning", "video": job.path.name,
+                    report({"type": "warning", "video": job.name,
                             "msg": f"{job.info.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
                                    "one clip padded with its last frame"})
             elif kind == "frames":
@@ -323,7 +334,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             elif kind == "decoded":
                 job.decoded = True
                 if not job.assembler.done:
-                    report({"type": "failed", "video": job.path.name,
+                    report({"type": "failed", "video": job.name,
                             "reason": f"decoder returned too few frames ({job.assembler.next_clip} of "
                                       f"{len(job.starts)} clips)"})
                     drop(job)
@@ -331,7 +342,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 finish_if_complete(job)
             elif kind == "fail":
                 drop(job)
-                report({"type": "failed", "video": job.path.name, "reason": event[2]})
+                report({"type": "failed", "video": job.name, "reason": event[2]})
             elif kind == "abandon":  # its decoder died; the supervisor decides what happens to it
                 drop(job)
         launch(final=True)

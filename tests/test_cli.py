@@ -161,6 +161,9 @@ def test_undecodable_files_are_recorded_and_the_rest_processed(video_dir, tmp_pa
     ("no_preset_no_stride", "give --data_set"),
     ("zero_batch", "must be at least 1"),
     ("bad_anno", "--anno_file"),
+    ("unreadable_video_list", "--video_list"),
+    ("empty_video_list", "names no videos"),
+    ("video_list_and_recursive", "not allowed with argument"),
 ])
 def test_bad_invocations_exit_2_with_one_line(video_dir, tmp_path, case, words):
     empty = tmp_path / "empty"
@@ -168,6 +171,7 @@ def test_bad_invocations_exit_2_with_one_line(video_dir, tmp_path, case, words):
     texts = tmp_path / "texts"
     texts.mkdir()
     (texts / "a.txt").write_text("x")
+    (tmp_path / "comments_only.txt").write_text("# nothing yet\n\n")
     base = {"data": video_dir, "ckpt": TINY_CKPT, "extra": []}
     args = {
         "missing_data": dict(base, data=tmp_path / "nope"),
@@ -179,6 +183,9 @@ def test_bad_invocations_exit_2_with_one_line(video_dir, tmp_path, case, words):
         "nvdec_on_cpu": dict(base, extra=["--decoder", "nvdec"]),
         "zero_batch": dict(base, extra=["--batch_clips", "0"]),
         "bad_anno": dict(base, extra=["--anno_file", tmp_path / "missing.json"]),
+        "unreadable_video_list": dict(base, extra=["--video_list", tmp_path / "no_list.txt"]),
+        "empty_video_list": dict(base, extra=["--video_list", tmp_path / "comments_only.txt"]),
+        "video_list_and_recursive": dict(base, extra=["--video_list", tmp_path / "comments_only.txt", "--recursive"]),
     }.get(case, base)
     argv = tiny_args(args["data"], tmp_path / "out", *args["extra"])
     argv[argv.index("--ckpt_path") + 1] = args["ckpt"]

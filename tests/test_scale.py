@@ -2,18 +2,16 @@
 workers, dead workers, and a run killed with SIGKILL then resumed."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_CKPT, cli_command, cli_env, free_port, run_cli, tiny_args
+from conftest import ROOT, cli_command, cli_env, free_port, run_cli, tiny_args
 from extractor.demo import write_video
 from extractor.launch import RunSummary, local_group, order_longest_first, run_group
 from extractor.outputs import read_manifest
@@ -62,10 +60,12 @@ def test_torchrun_two_nodes_of_two_processes(five_videos, tmp_path):
 
 
 def test_srun_tasks_form_a_group(five_videos, tmp_path):
-    """Slurm's srun variables (no srun needed to test them): two tasks, one group."""
+    """Slurm's srun variables (no srun needed to test them): two tasks, one group. Process 0
+    alone prints the whole group's progress (plain lines: stderr is not a terminal) and
+    writes run.log, with every video of the group in it."""
     out = tmp_path / "out"
     base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4242", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    procs = [subprocess.Popen(cli_command(*tiny_args(five_videos, out)), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(cli_command(*tiny_args(five_videos, out, "--log_every_s", "1")), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT,
                               env=cli_env(OMP_NUM_THREADS="1", SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base))
              for r in (0, 1)]
@@ -73,6 +73,12 @@ def test_srun_tasks_form_a_group(five_videos, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "device cpu x2 in 2 processes" in logs[0][0] and logs[1][0] == ""
     check_every_video_once(out, [f"v{i}.mp4" for i in range(5)])
+    assert "progress: " in logs[0][1] and "/5 videos: " in logs[0][1] and "progress" not in logs[1][1]
+    run_log = (out / "run.log").read_text()
+    assert run_log.count("run started on ") == 1 and "device cpu x2 in 2 processes" in run_log
+    video_lines = [line for line in logs[0][0].splitlines() if " clips (" in line]  # whichever task did them
+    assert len(video_lines) == 5 and all(line in run_log for line in video_lines)
+    assert "progress: " in run_log and "summary: 5 done" in run_log
     # without a rendezvous address: one line, exit 2
     env = cli_env(SLURM_NTASKS="2", SLURM_PROCID="0")
     env.pop("MASTER_ADDR", None)
@@ -144,6 +150,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert sorted(p.name for p in out.glob("*.npy")) == [f"clip{i}.npy" for i in range(6)]
     assert not list(out.glob(".*.tmp"))
     assert all(e["status"] == "done" for e in read_manifest(out).values())
+    run_log = (out / "run.log").read_text()  # the killed runs' lines are kept, the last run's appended
+    assert run_log.count("run started on ") == 3 and run_log.count("summary: ") == 1
 
 
 def _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, seconds_per_byte):

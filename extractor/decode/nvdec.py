@@ -154,7 +154,7 @@ class NvdecSession(threading.Thread):
                 ready.synchronize()  # the decoder may reuse its surfaces for the next batch
                 if time.monotonic() - last_report > 2.0:
                     last_report = time.monotonic()
-                    self.source.report({"type": "progress", "video": job.path.name, "frames": job.frames_done,
+                    self.source.report({"type": "progress", "video": job.name, "frames": job.frames_done,
                                         "total": len(needed)})
             job.decode_s += time.perf_counter() - job.t_decode
             put(("decoded", job))

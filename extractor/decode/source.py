@@ -23,7 +23,6 @@ from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..clips import clip_starts, needed_frames
@@ -332,7 +331,7 @@ class FrameSource:
             self.probing.clear()
         for job in filter(None, held):
             self.jobs.pop(job.vid, None)
-            self.report({"type": "decoder_died", "video": job.path.name, "why": why})
+            self.report({"type": "decoder_died", "video": job.name, "why": why})
             self.queue.put(("abandon", job))
         self.exhausted = False  # the supervisor may give those videos back
         self.retired.append(d)
@@ -353,11 +352,11 @@ class FrameSource:
             if d.job is None:
                 continue
             if d.held == 0 and now - d.last_moved > self.timeout:
-                d.hung_reason = f"killed: decoding {d.job.path.name} made no progress for {self.timeout:.0f}s"
+                d.hung_reason = f"killed: decoding {d.job.name} made no progress for {self.timeout:.0f}s"
                 d.process.kill()
                 continue
             for job in ([d.job] if d is not self.prober else self.probing):
-                self.report({"type": "progress", "video": job.path.name, "frames": job.frames_done,
+                self.report({"type": "progress", "video": job.name, "frames": job.frames_done,
                              "total": len(job.needed) if job.needed is not None else 0})
 
 

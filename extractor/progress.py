@@ -1,0 +1,277 @@
+"""What process 0 tells the user while a run goes, and what it keeps of it: the per-video
+lines, warnings, the progress bar (or, when stderr is not a terminal, a plain progress line
+every --log_every_s), and run.log, which holds all of these with a timestamp.
+
+Progress is measured in the work itself, not in videos: the bytes of video done out of
+the bytes to do. A finished video counts its file size; a video being decoded counts the
+share of its frames decoded so far (its workers report it every few seconds), so the
+measure moves steadily from the start, even while every worker is on a long video. The
+rate and the ETA count from the moment the first worker was ready (model loaded and
+compiled): start-up is not work."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+RUN_LOG = "run.log"
+
+
+class RunLog:
+    """Process 0's lines: printed (stdout, or stderr for warnings and failures) and appended
+    to run.log with a timestamp. Each line is flushed as it is written, so a killed run
+    keeps its log; a log that cannot be written costs one warning, never the run."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path, self.file = path, None
+        self.lock = threading.Lock()
+        if path is not None:
+            try:
+                self.file = open(path, "a", encoding="utf-8")
+            except OSError as e:
+                self._give_up(e)
+
+    def say(self, text: str, err: bool = False) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr if err else sys.stdout)  # above the progress bar, if one is shown
+        self.keep(text)
+
+    def keep(self, text: str) -> None:
+        """run.log only."""
+        with self.lock:
+            if self.file is None:
+                return
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            try:
+                self.file.write("".join(f"{stamp} {line}\n" for line in text.splitlines()))
+                self.file.flush()
+            except OSError as e:
+                self._give_up(e)
+
+    def _give_up(self, error: OSError) -> None:
+        self.file = None
+        print(f"warning: cannot write {self.path} ({error.strerror or error}): the run goes on without its log",
+              file=sys.stderr)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+
+class WorkMeter:
+    """The run's work in bytes of video. A finished video counts its file size; a video in
+    progress, its size times the share of its frames decoded. A failed video counts the
+    share it got through, and the rest leaves the total (it will not be done); a video
+    whose worker died starts again from nothing."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes = sizes
+        self.total = float(sum(sizes.values()))
+        self.finished = 0.0  # bytes of the videos that have ended
+        self.decoding: dict[str, tuple[int, int]] = {}  # video in progress -> (frames decoded, frames)
+        self.ended_videos: set[str] = set()
+
+    @staticmethod
+    def _share(frames: int, total: int) -> float:
+        return min(1.0, frames / total) if total > 0 else 0.0
+
+    def started(self, name: str) -> None:
+        self.decoding[name] = (0, 0)
+
+    def moved(self, name: str, frames: int, total: int) -> None:
+        if name in self.decoding:  # not a late report about a video that has ended
+            self.decoding[name] = (frames, total)
+
+    def ended(self, name: str, done: bool) -> None:
+        if name in self.ended_videos:  # a late event about a video already recorded (its process was lost)
+            return
+        self.ended_videos.add(name)
+        share = 1.0 if done else self._share(*self.decoding.get(name, (0, 0)))
+        size = self.sizes.get(name, 0)
+        self.decoding.pop(name, None)
+        self.finished += size * share
+        self.total -= size * (1.0 - share)
+
+    def restarted(self, name: str) -> None:
+        self.decoding.pop(name, None)
+
+    def done(self) -> float:
+        return self.finished + sum(self.sizes.get(n, 0) * self._share(f, t) for n, (f, t) in self.decoding.items())
+
+    def clips_in_progress(self, clip_len: int, stride: int) -> float:
+        """Clips of the videos in progress, by the share of their frames decoded."""
+        return sum((len(range(0, total - clip_len + 1, stride)) or 1) * self._share(frames, total)
+                   for frames, total in self.decoding.values() if total > 0)
+
+
+@dataclass
+class ProgressSnapshot:
+    fraction: float  # of the work (bytes of video) done
+    eta_s: Optional[float]  # None until work has been measured
+    started: bool  # a worker has its model ready
+    clips_per_s: float
+    elapsed_s: float
+    videos: int  # to do in this run
+    done: int
+    failed: int
+    skipped: int  # already done before this run
+
+    def describe(self) -> str:
+        """Everything but the share of the work done (the bar shows that itself)."""
+        eta = hms(self.eta_s) if self.eta_s is not None else "?" if self.started else "? (workers starting)"
+        return (f"ETA {eta} | {self.clips_per_s:.1f} clips/s | {self.done + self.failed}/{self.videos} videos: "
+                f"{self.done} done, {self.failed} failed | {self.skipped} skipped | elapsed {hms(self.elapsed_s)}")
+
+    def line(self) -> str:
+        return f"progress: {self.fraction:.1%} of the work | {self.describe()}"
+
+
+def hms(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Process 0's view of the whole group's work. Receives every worker's events (from the
+    store): prints a line per video, keeps the summary and the work meter, calls `on_video`
+    with each finished or failed video (the manifest), and on `tick` shows the progress: a
+    bar on a terminal, else a plain line every `log_every_s` (always into run.log)."""
+
+    BAR_REFRESH_S = 0.5
+
+    def __init__(self, sizes: dict[str, int], summary, log: RunLog, clip_len: int, stride: int,
+                 on_video: Optional[Callable[[dict], None]] = None, log_every_s: float = 60.0,
+                 bar_file=None, clock: Callable[[], float] = time.monotonic):
+        self.summary, self.log, self.on_video = summary, log, on_video
+        self.clip_len, self.stride, self.log_every_s, self.clock = clip_len, stride, log_every_s, clock
+        self.meter = WorkMeter(sizes)
+        self.videos = len(sizes) + len(summary.failed)  # failed already: listed videos that do not exist
+        self.t0 = clock()
+        self.t0_wall = time.time()  # events carry their sender's wall-clock time
+        self.t_ready: Optional[float] = None
+        self.held: dict[int, set] = {}  # rank -> videos claimed and not finished
+        self.decoding_said: set = set()  # each distinct decoder set-up is said once
+        self.lock = threading.Lock()
+        self.next_line = self.t0 + log_every_s
+        self.next_refresh = self.t0
+        if bar_file is None and sys.stderr.isatty():
+            bar_file = sys.stderr
+        self.bar = None
+        if bar_file is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, file=bar_file, dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar:16}| {desc}")
+
+    def say(self, text: str, err: bool = False):
+        self.log.say(text, err)
+
+    def handle(self, rank: int, ev: dict):
+        with self.lock:
+            self._handle(rank, ev)
+
+    def _handle(self, rank: int, ev: dict):
+        kind, s = ev["type"], self.summary
+        name = ev.get("video")
+        if kind == "claimed":
+            self.held.setdefault(rank, set()).add(name)
+            self.meter.started(name)
+        elif kind == "progress":  # a supervisor's videos in progress: name -> [frames decoded, frames]
+            for video, (frames, total) in ev["videos"].items():
+                self.meter.moved(video, frames, total)
+        elif kind == "ready":
+            s.backbone = ev["backbone"]
+            if self.t_ready is None:
+                self.t_ready = self.clock()
+                s.startup_s = self.t_ready - self.t0
+            if ev.get("decoding") and ev["decoding"] not in self.decoding_said:
+                self.decoding_said.add(ev["decoding"])
+                self.say(f"[R{rank}] decoding: {ev['decoding']}")
+        elif kind == "done":
+            self.held.get(rank, set()).discard(name)
+            self.meter.ended(name, done=True)
+            s.done += 1
+            s.clips += ev["clips"]
+            s.video_s += ev["frames"] / ev["fps"] if ev["fps"] else 0.0
+            s.decode_s += ev["decode_s"]
+            s.model_s += ev["model_s"]
+            s.save_s += ev["save_s"]
+            self.say(f"[R{rank}] {name}: {ev['clips']} clips ({ev['frames']} frames @ {ev['fps']:.2f} fps) | "
+                     f"decode ({ev['decoder']}) {ev['decode_s']:.2f}s | model {ev['model_s']:.2f}s | save {ev['save_s']:.3f}s")
+            self._record(ev)
+        elif kind == "failed":
+            self.held.get(rank, set()).discard(name)
+            self.meter.ended(name, done=False)
+            s.failed[name] = ev["reason"]
+            self.say(f"[R{rank}] FAILED {name}: {ev['reason']}", err=True)
+            self._record(ev)
+        elif kind == "released":  # the worker died holding it; its supervisor will try it again
+            self.held.get(rank, set()).discard(name)
+            self.meter.restarted(name)
+        elif kind == "warning":
+            where = f" {name}:" if name else ""
+            self.say(f"[R{rank}] warning:{where} {ev['msg']}", err=True)
+        elif kind == "peak":
+            s.peak_ram_gib = max(s.peak_ram_gib, ev["ram_gib"])
+            s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
+        elif kind == "worker_end":
+            s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
+        elif kind == "fatal":
+            self.say(f"[R{rank}] worker stopped: {ev['msg']}", err=True)
+
+    def _record(self, ev: dict):
+        if self.on_video is not None:
+            try:
+                self.on_video(ev)
+            except OSError as e:
+                self.say(f"warning: cannot write the manifest: {e}", err=True)
+
+    def lose_ranks(self, ranks: list, why: str):
+        with self.lock:
+            for rank in ranks:
+                for name in sorted(self.held.pop(rank, set())):
+                    self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} while holding it"})
+
+    def snapshot(self) -> ProgressSnapshot:
+        with self.lock:
+            now, s, meter = self.clock(), self.summary, self.meter
+            busy = now - self.t_ready if self.t_ready is not None else 0.0
+            done = meter.done()
+            rate = done / busy if busy > 0 and done > 0 else 0.0
+            clips = s.clips + meter.clips_in_progress(self.clip_len, self.stride)
+            return ProgressSnapshot(
+                fraction=done / meter.total if meter.total > 0 else 1.0,
+                eta_s=max(0.0, meter.total - done) / rate if rate > 0 else None, started=self.t_ready is not None,
+                clips_per_s=clips / busy if busy > 0 else 0.0, elapsed_s=now - self.t0,
+                videos=self.videos, done=s.done, failed=len(s.failed), skipped=s.skipped)
+
+    def tick(self):
+        """Called a few times a second: refreshes the bar; every log_every_s, a progress line."""
+        now = self.clock()
+        if now >= self.next_line:
+            self.next_line = now + self.log_every_s
+            line = self.snapshot().line()
+            if self.bar is None:
+                self.say(line, err=True)
+            else:
+                self.log.keep(line)
+        if self.bar is not None and now >= self.next_refresh:
+            self.next_refresh = now + self.BAR_REFRESH_S
+            self._refresh_bar()
+
+    def _refresh_bar(self):
+        snap = self.snapshot()
+        self.bar.n = int(snap.fraction * 1000)
+        self.bar.set_description_str(snap.describe(), refresh=True)
+
+    def close(self):
+        self.summary.wall_s = self.clock() - self.t0
+        if self.bar is not None:
+            self._refresh_bar()
+            self.bar.close()
