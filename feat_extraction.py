@@ -295,9 +295,10 @@ def video_record(ev: dict, cfg) -> dict:
 
 
 def main(argv=None) -> int:
-    from extractor.launch import launcher_environment
+    from extractor.launch import dump_stacks_on_sigusr1, launcher_environment
 
     args = build_parser().parse_args(argv)
+    dump_stacks_on_sigusr1()
     launcher = launcher_environment()
     # SIGTERM (torchrun, Slurm, kill) ends the run like Ctrl-C: workers are stopped, finished files kept
     if threading.current_thread() is threading.main_thread():

@@ -10,10 +10,8 @@ encoded once per preset, then cut (stream copy) to 16 lengths from 10 s to 5 min
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -22,8 +20,6 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-SUMMARY = re.compile(r"summary: (\d+) done.*?\| (\d+) clips in ([\d.]+)s after ([\d.]+)s start-up = ([\d.]+) clips/s"
-                     r"(?:.*?first worker out of work waited ([\d.]+)s \(([\d.]+)% of the run\))?")
 PRESETS = {"charades": 4, "hacs": 16}
 
 
@@ -47,26 +43,13 @@ def mixed_corpus(out: Path, kind: str, count: int, min_s: float, max_s: float, s
     return data
 
 
-def extract(data: Path, save: Path, ckpt: Path, kind: str, world_size: int, extra: list) -> dict:
-    cmd = [sys.executable, str(ROOT / "feat_extraction.py"), "--data_set", kind, "--data_path", str(data),
-           "--save_path", str(save), "--ckpt_path", str(ckpt), "--model_name", "auto", "--overwrite",
-           "--world_size", str(world_size), *extra]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    m = SUMMARY.search(res.stdout)
-    if res.returncode != 0 or m is None:
-        return {"world_size": world_size, "error": f"exit {res.returncode}: {res.stdout[-2000:]} {res.stderr[-3000:]}"}
-    done, clips, busy, startup, rate, idle_s, idle_pct = m.groups()
-    return {"world_size": world_size, "videos": int(done), "clips": int(clips), "busy_s": float(busy),
-            "startup_s": float(startup), "clips_per_s": float(rate), "command_wall_s": round(wall, 2),
-            "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "command": " ".join(cmd),
-            "summary": m.group(0)}
-
-
 def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH / "media" / "bigbuckbunny_720p.mp4",
-                count: int = 16, min_s: float = 10, max_s: float = 300, kinds=("charades", "hacs")) -> dict:
+                count: int = 16, min_s: float = 10, max_s: float = 300, kinds=("charades", "hacs"), logs: Path = None,
+                timeout: float = 1200) -> dict:
+    from cli import run_cli
     from fidelity import compare
+
+    logs = logs or work
 
     extra = []
     if quick:
@@ -77,7 +60,7 @@ def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH
         if not ckpt.exists():
             random_checkpoint(ckpt, ViTConfig(width=64, layers=1, head_dim=32, mlp_width=128))
         count, min_s, max_s, kinds = min(count, 6), 0.6, 2.0, kinds[:1]
-        extra = ["--device", "cpu", "--batch_clips", "4"]
+        extra = []
     else:
         from checkpoints import random_backbone
 
@@ -87,7 +70,8 @@ def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH
     results = {}
     for kind in kinds:
         data = mixed_corpus(work, kind, count, min_s, max_s, source, quick)
-        runs = [extract(data, work / f"balance_{kind}_{n}", ckpt, kind, n, extra) for n in (1, gpus)]
+        runs = [{"world_size": n, **run_cli(data, work / f"balance_{kind}_{n}", ckpt, kind, ["--world_size", str(n), *extra],
+                                            quick, logs / f"balance_{kind}_{n}.log", timeout)} for n in (1, gpus)]
         r = results[kind] = {"runs": runs}
         for run in runs:
             if "error" in run:
@@ -95,13 +79,14 @@ def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH
                 continue
             print(f"{kind} world_size {run['world_size']}: {run['videos']} videos, {run['clips']} clips | "
                   f"{run['clips_per_s']:.1f} clips/s after {run['startup_s']:.1f}s start-up | command wall "
-                  f"{run['command_wall_s']:.1f}s | first worker out of work waited {run['end_idle_s']:.1f}s "
-                  f"({run['end_idle_pct']:.1f}% of the run)", flush=True)
+                  f"{run['wall_s']:.1f}s | first worker out of work waited {run['end_idle_s']:.1f}s "
+                  f"({run['end_idle_pct']:.1f}% of the run) | peak RAM per worker {run['peak_ram_gib']:.2f} GiB | "
+                  f"{run['decoding']}", flush=True)
         if any("error" in run for run in runs):
             continue
         one, many = runs
         r["speedup"] = many["clips_per_s"] / one["clips_per_s"]
-        r["wall_speedup"] = one["command_wall_s"] / many["command_wall_s"]
+        r["wall_speedup"] = one["wall_s"] / many["wall_s"]
         r["features"] = compare(work / f"balance_{kind}_{gpus}", work / f"balance_{kind}_1")
         print(f"{kind}: speed-up x{r['speedup']:.2f} (clips/s after start-up), x{r['wall_speedup']:.2f} (whole "
               f"command wall time) | features {gpus} vs 1 worker: per-clip cosine min {r['features']['cos_min']:.7f}",

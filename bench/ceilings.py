@@ -34,6 +34,7 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
 
     t0 = time.perf_counter()
     source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device, SurfacesOnly())
+    source.start_sessions()
     frames, failed, decoders = 0, {}, {}
     try:
         while True:

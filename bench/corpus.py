@@ -23,7 +23,7 @@ SOURCE = Path(__file__).resolve().parent / "media" / "bigbuckbunny_720p.mp4"
 
 
 def from_video(out: Path, kind: str, copies: int, frames: int = 1000, source: Path = SOURCE, fps: int = 30,
-               crf: int = 23) -> list[Path]:
+               crf: int = 23, preset: str = "medium") -> list[Path]:
     """`copies` files of one encoding of `source`, scaled to the kind's size and looped to
     `frames` frames (H.264, crf 23, BT.709-tagged when HD). Kept if present."""
     import shutil
@@ -40,7 +40,7 @@ def from_video(out: Path, kind: str, copies: int, frames: int = 1000, source: Pa
                       for f in src.decode(video=0)]
         tmp = master.with_suffix(".tmp.mp4")
         with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "medium"})
+            stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for name, value in (HD_TAGS if height >= 720 else {}).items():
                 setattr(stream.codec_context, name, value)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,11 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from cli import run_cli  # noqa: E402
 from extractor.model import ViTConfig  # noqa: E402
 
 PRESETS = {"charades": 4, "hacs": 16}  # stride
 QUICK_MODEL = ViTConfig(patch_size=16, width=64, layers=1, head_dim=64, mlp_width=128)
-SUMMARY = re.compile(r"summary: (\d+) done, \d+ skipped, (\d+) failed \| (\d+) clips in ([\d.]+)s after ([\d.]+)s "
-                     r"start-up = ([\d.]+) clips/s.*?peak memory per worker: ([\d.]+) GiB RAM.*?([\d.]+) GiB GPU")
-HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
 
 
 def say(text: str):
@@ -95,8 +92,6 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bo
         plan = plan_decoding(cfg, dev, cores_available())
         if decoder != "cpu" and not plan.nvdec_sessions:
             continue
-        if decoder == "nvdec":
-            plan.cpu_decoders = 1  # for what NVDEC declines
         plans[decoder] = plan
     out = {}
     for name, plan in plans.items():
@@ -133,40 +128,25 @@ def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
     return r
 
 
-def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bool) -> dict:
-    args = [ROOT / "feat_extraction.py", "--data_set", kind, "--data_path", data, "--save_path", out,
-            "--ckpt_path", ckpt, "--model_name", "auto", "--overwrite", *extra]
-    if quick:
-        args += ["--device", "cpu", "--batch_clips", "4"]
-    res = python(*args)
-    m = SUMMARY.search(res.stdout)
-    if m is None:
-        return {"error": f"exit {res.returncode}: {res.stdout[-1500:]} {res.stderr[-3000:]}"}
-    done, failed, clips, busy, startup, rate, ram, gpu = m.groups()
-    header = HEADER.search(res.stdout)
-    decoders = {}
-    for line in res.stdout.splitlines():
-        hit = re.search(r"decode \((\w+)\)", line)
-        if hit:
-            decoders[hit.group(1)] = decoders.get(hit.group(1), 0) + 1
-    return {"command": "python " + " ".join(map(str, args)), "videos": int(done), "failed": int(failed),
-            "clips": int(clips), "busy_s": float(busy), "startup_s": float(startup), "clips_per_s": float(rate),
-            "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,
-            "decoding": header.group(1).strip() if header else "", "summary": m.group(0)}
+def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, a) -> dict:
+    """The CLI with default flags (and, with --e2e_decoders, with each --decoder given)."""
+    out = {}
+    for decoder in a.e2e_decoders.split(","):
+        extra = [] if decoder == "auto" else ["--decoder", decoder]
+        r = out[decoder] = run_cli(data, work / f"out_{kind}", ckpt, kind, extra, a.quick,
+                                   a.logs / f"e2e_{kind}_{decoder}.log", a.cli_timeout, a.profile_s)
+        name = "defaults" if decoder == "auto" else f"--decoder {decoder}"
+        if "error" in r:
+            say(f"  end to end ({name}) FAILED: {r['error']}")
+        else:
+            say(f"  end to end ({name}): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up | "
+                f"peak RAM per worker {r['peak_ram_gib']:.2f} GiB | {r['decoding']} | videos by decoder "
+                f"{r['videos_by_decoder']}")
+    return out
 
 
-def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, quick: bool) -> dict:
-    r = run_cli(data, work / f"out_{kind}", ckpt, kind, [], quick)
-    if "error" in r:
-        say(f"  end to end FAILED: {r['error']}")
-    else:
-        say(f"  end to end (defaults): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up | "
-            f"peak RAM per worker {r['peak_ram_gib']:.2f} GiB | {r['decoding']} | videos by decoder "
-            f"{r['videos_by_decoder']}")
-    return r
-
-
-def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick: bool) -> dict:
+def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick: bool, logs: Path,
+                   features: str) -> dict:
     stride, sample = PRESETS[kind], videos[:1]
     out, ref = {}, work / f"pixels_{kind}.npz"
     res = python(BENCH / "fidelity.py", "pixels", *sample, "--save", ref, "--frames", 8)
@@ -190,11 +170,13 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
         return out
     from fidelity import compare
 
+    if kind not in features:
+        return out
     runs = {"default": [], "fp32_cpu_decoder": ["--dtype", "fp32", "--decoder", "cpu"]}
     if not quick and torch.cuda.is_available():
         runs["fp32_nvdec"] = ["--dtype", "fp32", "--decoder", "nvdec"]
     for name, extra in runs.items():
-        r = run_cli(data, work / f"fid_{kind}_{name}", ckpt, kind, extra, quick)
+        r = run_cli(data, work / f"fid_{kind}_{name}", ckpt, kind, extra, quick, logs / f"fidelity_{kind}_{name}.log")
         if "error" in r:
             out[name] = r
             say(f"  features {name} FAILED: {r['error']}")
@@ -223,9 +205,9 @@ def stage_original(kind: str, videos: list[Path], ckpt: Path, dev: torch.device)
 def table(results: dict):
     say("\nsummary (clips/s; decoded frames/s = clips/s x min(stride, 16)):")
     for kind, r in results.items():
-        if not isinstance(r, dict) or "e2e" not in r or "error" in r["e2e"]:
+        e2e, step = (r.get("e2e") or {}).get("auto") if isinstance(r, dict) else None, min(PRESETS.get(kind, 16), 16)
+        if not e2e or "error" in e2e:
             continue
-        e2e, step = r["e2e"], min(PRESETS[kind], 16)
         model = r.get("model", {}).get("clips_per_s")
         ceil = r.get("ceilings", {})
         parts = [f"{kind}: end to end {e2e['clips_per_s']:.1f} clips/s ({e2e['clips_per_s'] * step:.0f} frames/s)"]
@@ -246,22 +228,30 @@ def main():
     ap.add_argument("work", type=Path, nargs="?", help="folder for corpora and outputs (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="tiny corpus and model on the CPU")
     ap.add_argument("--stages", default="ceilings,model,e2e,fidelity")
-    ap.add_argument("--corpora", default="charades,hacs")
-    ap.add_argument("--copies", default="charades=24,hacs=48", help="videos per corpus")
+    ap.add_argument("--corpora", default="hacs,charades")
+    ap.add_argument("--copies", default="charades=32,hacs=96", help="videos per corpus")
     ap.add_argument("--frames", type=int, default=1000, help="frames per video (30 fps)")
     ap.add_argument("--source", type=Path, default=BENCH / "media" / "bigbuckbunny_720p.mp4")
     ap.add_argument("--synthetic", action="store_true", help="synthetic texture instead of --source")
     ap.add_argument("--gpus", type=int, default=2, help="balance: workers of the second run")
     ap.add_argument("--levers", default=None, help="levers: comma-separated settings of bench/model_speed.py")
     ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--logs", type=Path, help="folder for the CLI runs' logs (default WORK/logs)")
+    ap.add_argument("--e2e_decoders", default="auto", help="e2e: the --decoder of each run (auto: the defaults)")
+    ap.add_argument("--cli_timeout", type=float, default=1200, help="seconds before a CLI run is stopped")
+    ap.add_argument("--profile_s", type=float, default=0, help="e2e: seconds of py-spy samples of the worker")
+    ap.add_argument("--fidelity_features", default="hacs,charades", help="fidelity: corpora whose features are "
+                                                                          "compared (pixels are, on every corpus)")
     a = ap.parse_args()
     a.copies = {k: int(v) for k, v in (item.split("=") for item in a.copies.split(","))}
     work = a.work or Path(tempfile.mkdtemp(prefix="featbench_"))
     work.mkdir(parents=True, exist_ok=True)
+    a.logs = a.logs or work / "logs"
+    a.logs.mkdir(parents=True, exist_ok=True)
     stages = set(a.stages.split(","))
     if a.quick:
         a.copies, a.frames = {k: 2 for k in a.copies}, 40
-    dev = torch.device("cuda" if torch.cuda.is_available() and not a.quick else "cpu")
+    dev = torch.device("cuda", 0) if torch.cuda.is_available() and not a.quick else torch.device("cpu")
     say(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} | torch {torch.__version__} | "
         f"{'quick: tiny random model' if a.quick else 'llava_vit_base_ln, random weights'} | "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -273,7 +263,8 @@ def main():
     if "balance" in stages:
         from balance import run_balance
 
-        results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source)
+        results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source, logs=a.logs,
+                                         timeout=a.cli_timeout)
     ckpt = checkpoint(work, a.quick) if stages - {"balance", "levers"} else None
     model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
     for kind in a.corpora.split(","):
@@ -284,12 +275,12 @@ def main():
         r = results[kind] = {"videos": len(videos)}
         if model:
             r["model"] = model
+        if "e2e" in stages:
+            r["e2e"] = stage_e2e(kind, videos[0].parent, work, ckpt, a)
         if "ceilings" in stages:
             r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.quick)
-        if "e2e" in stages:
-            r["e2e"] = stage_e2e(kind, videos[0].parent, work, ckpt, a.quick)
         if "fidelity" in stages:
-            r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick)
+            r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick, a.logs, a.fidelity_features)
         if "original" in stages:
             r["original"] = stage_original(kind, videos, ckpt, dev)
     table(results)

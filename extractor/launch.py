@@ -262,6 +262,13 @@ def injected_fault(name: str, attempt: int) -> Optional[str]:
     return None
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack to stderr: where a stuck run waits."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def _die_with_parent() -> None:
     """Linux: this process gets SIGKILL when its supervisor dies (no orphans left decoding)."""
     try:
@@ -276,6 +283,7 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
     """A worker, in a child process: claims videos from its supervisor over `conn` and runs
     the pipeline on them."""
     _die_with_parent()
+    dump_stacks_on_sigusr1()
     send_lock, claim_lock = threading.Lock(), threading.Lock()
 
     def send(msg):
@@ -301,8 +309,10 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
         run_worker(cfg, device, claim, lambda ev: send(("event", ev)), cpu_budget=cpu_threads)
         send(("exit",))
     except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
         try:
-            send(("event", {"type": "fatal", "msg": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}))
+            send(("event", {"type": "fatal", "msg": f"{type(e).__name__}: {e} (at {Path(where.filename).name}:"
+                                                     f"{where.lineno})", "trace": traceback.format_exc()}))
         except OSError:
             pass
         raise SystemExit(3)

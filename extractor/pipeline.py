@@ -21,7 +21,7 @@ from .decode.processes import process_pss_bytes
 from .decode.source import DecodePlan, FrameSource
 from .datasets import feature_relpath, video_name
 from .outputs import save_features
-from .video import ClipAssembler, InputMaker
+from .video import COMPILED_CALLS, ClipAssembler, InputMaker
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -111,7 +111,7 @@ def plan_decoding(cfg: RunConfig, device: torch.device, cpu_budget: int, gpu_nam
     cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
     return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
                       cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
-                      chunk_frames=cfg.chunk_frames)
+                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions))
 
 
 class Saver:
@@ -189,7 +189,8 @@ class Engine:
             x = self.buffer
         else:
             x = torch.stack(clips)
-        return self.encode(x)[:n].float()
+        with COMPILED_CALLS:
+            return self.encode(x)[:n].float()
 
     @torch.inference_mode()
     def submit(self, clips: list) -> list:
@@ -237,7 +238,7 @@ class Engine:
 
 
 class MemoryWatch(threading.Thread):
-    """Samples, every second, the memory of this worker and its decoder processes together
+    """Samples, every 3 seconds, the memory of this worker and its decoder processes together
     (proportional set size, so shared buffers count once) and keeps the peak."""
 
     def __init__(self, source: FrameSource):
@@ -253,7 +254,7 @@ class MemoryWatch(threading.Thread):
         self.peak = max(self.peak, own + self.source.pss_bytes())
 
     def run(self):
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(3.0):  # reading a CUDA process's smaps is not free
             self.sample()
 
 
@@ -261,19 +262,29 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                backbone: Optional[Backbone] = None, cpu_budget: int = 1) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
     one already opened (else the worker opens cfg.ckpt_path)."""
-    engine = Engine(cfg, device, report, backbone)
-    maker = InputMaker(device, engine.preprocessing, engine.dtype, cfg.compile)
-    if cfg.compile:  # the colour conversions of most videos: BT.601 and BT.709, limited range
-        from .decode.color import YuvToRgb
-
-        maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])
+    if backbone is None:  # a spawned worker opens the checkpoint itself
+        backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
+    maker = InputMaker(device, backbone.preprocessing, DTYPES[cfg.dtype], cfg.compile)
     plan = plan_decoding(cfg, device, cpu_budget)
-    report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
-    saver = Saver(cfg, report)
+    # The decoder processes start now and fill their buffers while the model compiles;
+    # NVDEC sessions, which run compiled conversions in this process, once it has.
     source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,
                          lambda path: VideoJob(path, cfg.video_name(path)), device, maker)
-    memory = MemoryWatch(source)
-    memory.start()
+    saver = memory = None
+    try:
+        engine = Engine(cfg, device, report, backbone)
+        if cfg.compile:  # the colour conversions of most videos: BT.601 and BT.709, limited range
+            from .decode.color import YuvToRgb
+
+            maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])
+        source.start_sessions()
+        report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
+        saver = Saver(cfg, report)
+        memory = MemoryWatch(source)
+        memory.start()
+    except BaseException:
+        source.close()
+        raise
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
     in_flight: list = []  # submitted batches whose features are not back yet
 

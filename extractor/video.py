@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,11 @@ def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dty
     return x.to(out_dtype)
 
 
+# torch.compile'd functions are called from one thread at a time: while one thread compiles
+# (FX tracing, a process-wide state), a compiled call in another raises.
+COMPILED_CALLS = threading.RLock()
+
+
 def rgb_to_input(rgb: torch.Tensor, turns: int, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
     """uint8 RGB (n, H, W, 3) as decoded -> model input: turned upright, then `preprocess`."""
     if turns:
@@ -70,6 +77,8 @@ class InputMaker:
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.yuv, self.rgb = yuv_to_input, rgb_to_input
         if compile:
+            # one compiled variant per colour conversion, rotation and input layout
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.yuv = torch.compile(yuv_to_input, dynamic=True)
             self.rgb = torch.compile(rgb_to_input, dynamic=True)
 
@@ -96,12 +105,14 @@ class InputMaker:
         h, w = info.coded_size
         n = frames.shape[0]
         if colour is None:
-            return self.rgb(frames.view(n, h, w, 3), info.turns, self.prep, self.dtype)
+            with COMPILED_CALLS:
+                return self.rgb(frames.view(n, h, w, 3), info.turns, self.prep, self.dtype)
         ch, cw = (h + 1) // 2, (w + 1) // 2
         y = frames[:, :h * w].view(n, h, w)
         u = frames[:, h * w:h * w + ch * cw].view(n, ch, cw)
         v = frames[:, h * w + ch * cw:].view(n, ch, cw)
-        return self.yuv(y, u, v, colour, info.turns, self.prep, self.dtype)
+        with COMPILED_CALLS:
+            return self.yuv(y, u, v, colour, info.turns, self.prep, self.dtype)
 
     def from_nv12(self, batch: torch.Tensor, info: VideoInfo) -> torch.Tensor:
         """NVDEC's NV12 frames (n, rows, pitch): the luma plane (surface height rows, then
@@ -109,7 +120,9 @@ class InputMaker:
         h, w = info.coded_size
         ch, cw = (h + 1) // 2, (w + 1) // 2
         y, u, v = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
-        return self.yuv(y[:, :h, :w], u[:, :ch, :cw], v[:, :ch, :cw], info.colour, info.turns, self.prep, self.dtype)
+        with COMPILED_CALLS:
+            return self.yuv(y[:, :h, :w], u[:, :ch, :cw], v[:, :ch, :cw], info.colour, info.turns, self.prep,
+                            self.dtype)
 
     @torch.inference_mode()
     def warm_up(self, colours):

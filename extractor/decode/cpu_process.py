@@ -186,6 +186,9 @@ def die_with(parent_pid: int):
 def main(argv):
     fd, memfd, size, reader, parent = int(argv[1]), int(argv[2]), int(argv[3]), argv[4], int(argv[5])
     die_with(parent)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where it is stuck
     try:
         os.nice(5)  # the worker's own thread feeds the GPU: it goes first
     except OSError:

@@ -99,9 +99,13 @@ class NvdecSession(threading.Thread):
         self.room = threading.Semaphore(plan.prefetch)  # chunks the main thread has not taken yet
 
     def run(self):
-        torch.cuda.set_device(self.device)
-        self.stream = torch.cuda.Stream(self.device)
-        self.context = current_context_handle(self.device)
+        try:
+            torch.cuda.set_device(self.device)
+            self.stream = torch.cuda.Stream(self.device)
+            self.context = current_context_handle(self.device)
+        except Exception as e:
+            self.source.session_broken(self, first_line(e))
+            return
         while True:
             job = self.inbox.get()
             if job is None:
@@ -128,9 +132,9 @@ class NvdecSession(threading.Thread):
             return
         position, sent, last_report = 0, 0, time.monotonic()
         try:
-            while position <= int(needed[-1]):
-                try:
-                    frames = decoder.get_batch_frames(self.plan.chunk_frames)
+            while position <= int(needed[-1]) and not self.source.stopping:
+                try:  # never past the last frame (the decoder warns for every index beyond it)
+                    frames = decoder.get_batch_frames(max(1, min(self.plan.chunk_frames, info.num_frames - position)))
                 except Exception as e:
                     raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
                 if not frames:
@@ -147,7 +151,9 @@ class NvdecSession(threading.Thread):
                     x = self.maker.from_nv12(batch, info)
                     ready = torch.cuda.Event()
                     ready.record(self.stream)
-                self.room.acquire()
+                while not self.room.acquire(timeout=0.5):
+                    if self.source.stopping:
+                        return
                 put(("frames", job, ids[keep], _chunk(x, ready, self.room)))
                 sent += 1
                 job.frames_done += int(keep.sum())
@@ -156,6 +162,8 @@ class NvdecSession(threading.Thread):
                     last_report = time.monotonic()
                     self.source.report({"type": "progress", "video": job.name, "frames": job.frames_done,
                                         "total": len(needed)})
+            if self.source.stopping:
+                return
             job.decode_s += time.perf_counter() - job.t_decode
             put(("decoded", job))
         except DecodeError as e:

@@ -43,6 +43,7 @@ class DecodePlan:
     buffer_bytes: int = 48 << 20  # shared buffer per decoder process
     chunk_frames: int = 32  # frames per chunk, at most
     prefetch: int = 3  # chunks an NVDEC session may have waiting for the main thread
+    cpu_claims: bool = True  # False: the processes decode only what NVDEC declines (--decoder nvdec)
 
     def describe(self) -> str:
         threads = self.cpu_threads or "auto"
@@ -91,6 +92,8 @@ class FrameSource:
         self.plan, self.clip_len, self.stride, self.timeout = plan, clip_len, stride, decode_timeout_s
         self.claim_video, self.report, self.new_job, self.device = claim, report, new_job, device
         self.cuda = device.type == "cuda"
+        if self.cuda and device.index is None:
+            self.device = device = torch.device("cuda", torch.cuda.current_device())
         self.queue: queue.Queue = queue.Queue()
         self.stopping = False
         self.exhausted = False  # the last claim found the queue empty
@@ -114,16 +117,21 @@ class FrameSource:
 
             self.prober = self._start_decoder(-1)
             self.sessions = [NvdecSession(i, device, self, plan, maker) for i in range(plan.nvdec_sessions)]
-            self.free_sessions = list(self.sessions)
         self.returns: queue.Queue = queue.Queue()
         self.returner = threading.Thread(target=self._give_back_loop, daemon=True, name="give-back")
         self.returner.start()
-        for s in self.sessions:
-            s.start()
         self.thread = threading.Thread(target=self._serve_loop, daemon=True, name="frame-source")
         self.thread.start()
 
     # ----------------------------------------------------------------- the main thread's side
+
+    def start_sessions(self):
+        """NVDEC sessions start taking videos (their conversions must be compiled first)."""
+        with self.session_lock:
+            for s in self.sessions:
+                s.start()
+            self.free_sessions = list(self.sessions)
+        self._wake()
 
     def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
         """Hands a chunk's buffer space back to its decoder once `copied` (the GPU copy out of
@@ -131,15 +139,18 @@ class FrameSource:
         self.returns.put((copied, decoder, offset))
 
     def close(self):
+        """Stops everything within seconds, also when the main thread stops early (an error)."""
         self.stopping = True
         self._wake()
         self.thread.join(timeout=10)
         for s in self.sessions:
             s.inbox.put(None)
+        deadline = time.monotonic() + 20
         for s in self.sessions:
-            s.join(timeout=30)
+            if s.is_alive():
+                s.join(timeout=max(0.1, deadline - time.monotonic()))
         self.returns.put(None)
-        self.returner.join(timeout=30)
+        self.returner.join(timeout=10)
         for d in self.cpu + ([self.prober] if self.prober else []) + self.retired:
             d.stop(kill=d in self.retired)
 
@@ -155,6 +166,16 @@ class FrameSource:
     def session_free(self, session):
         with self.session_lock:
             self.free_sessions.append(session)
+        self._wake()
+
+    def session_broken(self, session, reason: str):
+        """An NVDEC session that cannot run at all leaves the set (the others, and the
+        CPU decoders, carry on)."""
+        with self.session_lock:
+            self.sessions.remove(session)
+            if session in self.free_sessions:
+                self.free_sessions.remove(session)
+        self.report({"type": "warning", "video": None, "msg": f"an NVDEC session could not start ({reason})"})
         self._wake()
 
     def nvdec_declined(self, job, reason: str):
@@ -191,7 +212,11 @@ class FrameSource:
         try:
             self._serve()
         except BaseException as e:  # the main thread reports it
-            self.queue.put(("fatal", None, f"frame source: {type(e).__name__}: {e}"))
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self.queue.put(("fatal", None, f"frame source: {type(e).__name__}: {e} (at {where.filename}:"
+                                           f"{where.lineno} {where.name})"))
 
     def _serve(self):
         last_vouch = 0.0
@@ -222,8 +247,18 @@ class FrameSource:
         return (self.exhausted and idle_sessions and not backlog and not self.probing
                 and all(d.job is None for d in self.cpu))
 
+    def _short_of_frames(self) -> bool:
+        """Whether the GPU is waiting for frames: NVDEC sessions cost GPU time (their colour
+        conversions run beside the model) and this process's CPU, so with --decoder auto they
+        take new videos only while the CPU decoders leave the main thread short of chunks."""
+        return self.plan.cpu_decoders == 0 or not self.plan.cpu_claims or \
+            self.queue.qsize() <= max(1, len(self.cpu) // 2)
+
     def _claim(self):
-        if self.exhausted:
+        """The next video from the worker's share of the queue; None when there is none, or
+        while the GPU is behind (more chunks wait than there are decoders): a worker must
+        not hoard videos it cannot start on, which others could."""
+        if self.exhausted or self.queue.qsize() > max(2, len(self.cpu) + len(self.sessions)):
             return None
         claimed = self.claim_video()
         if claimed is None:
@@ -242,7 +277,8 @@ class FrameSource:
                 continue
             with self.session_lock:
                 job = self.backlog.pop(0) if self.backlog else None
-            job = job or self._claim()
+            if job is None and self.plan.cpu_claims:
+                job = self._claim()
             if job is None:
                 break
             busy = sum(x.job is not None for x in self.cpu) + 1
@@ -255,7 +291,7 @@ class FrameSource:
             with self.session_lock:
                 free = len(self.free_sessions) - len(self.probing)
                 full = len(self.backlog) >= len(self.cpu)  # NVDEC declined many: do not hoard videos
-            if free <= 0 or full:
+            if free <= 0 or full or not self._short_of_frames():
                 break
             job = self._claim()
             if job is None:
