@@ -94,6 +94,7 @@ class VideoJob:
     decode_s: float = 0.0
     model_s: float = 0.0
     t_claimed: float = field(default_factory=time.perf_counter)
+    t_claim: float = 0.0  # monotonic time of the claim (the frame source paces claims with it)
     t_decode: float = 0.0
 
 

@@ -93,6 +93,18 @@ def synthetic_frames(n: int, height: int, width: int) -> np.ndarray:
     return np.stack([synthetic_frame(i, height, width) for i in range(n)])
 
 
+def claimed_videos(conn, data_path: Path):
+    """A simulated worker's claims over the workers' protocol: (name, file size) until the
+    queue is empty."""
+    while True:
+        conn.send(("claim",))
+        reply = conn.recv()
+        if reply is None:
+            return
+        name = reply[0]
+        yield name, (data_path / name).stat().st_size
+
+
 def tiny_args(data, save, *extra):
     """Common flags: tiny checkpoint, the charades preset, CPU."""
     return ["--data_set", "charades", "--data_path", data, "--save_path", save, "--ckpt_path", TINY_CKPT,

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_args
+from conftest import claimed_videos, run_cli, tiny_args
 from extractor.demo import write_video
 from extractor.launch import RunSummary, Supervisor, local_group, run_group
 from extractor.outputs import read_manifest
@@ -96,13 +96,7 @@ def _reporting_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, secon
     a video takes time in proportion to its size."""
     time.sleep(0.5)
     conn.send(("event", {"type": "ready", "backbone": "sim"}))
-    while True:
-        conn.send(("claim",))
-        reply = conn.recv()
-        if reply is None:
-            break
-        name, _ = reply
-        size = (data_path / name).stat().st_size
+    for name, size in claimed_videos(conn, data_path):
         frames, seconds = size // 100, size * seconds_per_byte
         t0 = time.monotonic()
         while (elapsed := time.monotonic() - t0) < seconds:

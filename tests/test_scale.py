@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_command, cli_env, free_port, run_cli, tiny_args
+from conftest import ROOT, claimed_videos, cli_command, cli_env, free_port, run_cli, tiny_args
 from extractor.demo import write_video
 from extractor.launch import RunSummary, local_group, order_longest_first, run_group
 from extractor.outputs import read_manifest
@@ -156,13 +156,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
 
 def _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, seconds_per_byte):
     """Speaks the workers' protocol; 'processing' a video sleeps in proportion to its size."""
-    while True:
-        conn.send(("claim",))
-        reply = conn.recv()
-        if reply is None:
-            break
-        name, _ = reply
-        size = (data_path / name).stat().st_size
+    for name, size in claimed_videos(conn, data_path):
         time.sleep(size * seconds_per_byte)
         conn.send(("event", {"type": "done", "video": name, "clips": 1, "frames": 16, "fps": 30.0, "decoder": "sim",
                              "decode_s": 0.0, "model_s": 0.0, "save_s": 0.0}))

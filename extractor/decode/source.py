@@ -98,7 +98,8 @@ class FrameSource:
         self.stopping = False
         self.exhausted = False  # the last claim found the queue empty
         self.backlog: list = []  # jobs for the CPU decoders (NVDEC declined them)
-        self.jobs: dict[int, object] = {}  # vid -> job
+        self.jobs: dict[int, object] = {}  # vid -> job, for the jobs in a decoder process (or its prober)
+        self.starting: list = []  # claimed less than a second ago, no frames delivered yet
         self.next_vid = 0
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
@@ -248,17 +249,20 @@ class FrameSource:
                 and all(d.job is None for d in self.cpu))
 
     def _short_of_frames(self) -> bool:
-        """Whether the GPU is waiting for frames: NVDEC sessions cost GPU time (their colour
-        conversions run beside the model) and this process's CPU, so with --decoder auto they
-        take new videos only while the CPU decoders leave the main thread short of chunks."""
-        return self.plan.cpu_decoders == 0 or not self.plan.cpu_claims or \
-            self.queue.qsize() <= max(1, len(self.cpu) // 2)
+        """Whether the main thread is short of chunks (then the GPU waits for frames)."""
+        return self.queue.qsize() <= max(1, len(self.cpu) // 2)
 
     def _claim(self):
-        """The next video from the worker's share of the queue; None when there is none, or
-        while the GPU is behind (more chunks wait than there are decoders): a worker must
-        not hoard videos it cannot start on, which others could."""
-        if self.exhausted or self.queue.qsize() > max(2, len(self.cpu) + len(self.sessions)):
+        """The next video from the worker's share of the queue, or None: when there is none,
+        and also while the main thread has chunks enough (the GPU is the bound: more videos
+        would only wait here, held from the other GPUs) or a video claimed less than a second
+        ago has not delivered its first frames (it may be all that was missing). So a worker
+        holds as many videos as it takes to feed its GPU, not one per decoder."""
+        if self.exhausted or not self._short_of_frames():
+            return None
+        now = time.monotonic()
+        self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
+        if self.starting:
             return None
         claimed = self.claim_video()
         if claimed is None:
@@ -266,8 +270,8 @@ class FrameSource:
             return None
         path, fault = claimed
         job = self.new_job(path)
-        job.vid, job.fault = self.next_vid, fault
-        self.jobs[job.vid] = job
+        job.vid, job.fault, job.t_claim = self.next_vid, fault, now
+        self.starting.append(job)
         self.next_vid += 1
         return job
 
@@ -285,6 +289,7 @@ class FrameSource:
             threads = self.plan.cpu_threads or max(1, min(4, self.plan.cpu_budget // busy))
             d.job, d.last_moved, job.t_decode = job, time.monotonic(), time.perf_counter()
             job.decoder = d.reader
+            self.jobs[job.vid] = job
             d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
                     job.fault))
         while self.prober is not None:
@@ -297,6 +302,7 @@ class FrameSource:
             if job is None:
                 break
             self.probing.append(job)
+            self.jobs[job.vid] = job
             self.prober.send(("probe", job.vid, str(job.path)))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
@@ -339,12 +345,16 @@ class FrameSource:
         d.job = None
         self.failures_in_a_row = 0
         self.jobs.pop(job.vid, None)
+        if job in self.starting:  # it ended (a broken file): no reason to wait for its frames
+            self.starting.remove(job)
         self.queue.put(event)
 
     def _probed(self, job, info: Optional[VideoInfo], reason: str):
         self.probing.remove(job)
+        self.jobs.pop(job.vid, None)
         if info is None:
-            self.jobs.pop(job.vid, None)
+            if job in self.starting:
+                self.starting.remove(job)
             self.queue.put(("fail", job, reason))
             return
         why = nvdec_cannot(info)
