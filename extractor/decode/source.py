@@ -30,6 +30,7 @@ from .common import VideoInfo, packed_frame_bytes
 from .processes import CpuDecoder
 
 NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
+STARTING = 4  # videos a worker may have claimed and not yet seen frames of
 
 
 @dataclass
@@ -255,14 +256,15 @@ class FrameSource:
     def _claim(self):
         """The next video from the worker's share of the queue, or None: when there is none,
         and also while the main thread has chunks enough (the GPU is the bound: more videos
-        would only wait here, held from the other GPUs) or a video claimed less than a second
-        ago has not delivered its first frames (it may be all that was missing). So a worker
-        holds as many videos as it takes to feed its GPU, not one per decoder."""
+        would only wait here, held from the other GPUs) or STARTING videos claimed less than a
+        second ago have not delivered their first frames yet (they may be all that was
+        missing). So a worker holds about as many videos as it takes to feed its GPU, not
+        one per decoder (at start-up, before its model is ready, a few)."""
         if self.exhausted or not self._short_of_frames():
             return None
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
-        if self.starting:
+        if len(self.starting) >= STARTING:
             return None
         claimed = self.claim_video()
         if claimed is None:
