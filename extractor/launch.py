@@ -33,6 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from .datasets import file_sizes
+from .decode.common import exit_description
 from .pipeline import RunConfig, run_worker
 from .progress import Progress, RunLog
 
@@ -236,15 +237,6 @@ class Coordinator(threading.Thread):
 
 # ---------------------------------------------------------------------------------------
 # Workers and their supervisor
-
-
-def _signal_name(exitcode: Optional[int]) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit code {exitcode}"
 
 
 def injected_fault(name: str, attempt: int) -> Optional[str]:
@@ -498,7 +490,7 @@ class Supervisor:
         worker.conn.close()
         rank = worker.rank
         if not (worker.clean_exit and not worker.held):
-            why = "stopped" if isinstance(handle, threading.Thread) else _signal_name(handle.exitcode)
+            why = "stopped" if isinstance(handle, threading.Thread) else exit_description(handle.exitcode)
             if worker.stalled:
                 why = (f"killed: decoding {', '.join(worker.stalled)} made no progress for "
                        f"{self.cfg.decode_timeout_s:.0f}s")

@@ -87,7 +87,6 @@ class VideoJob:
     features: Optional[np.ndarray] = None
     filled: int = 0
     decoded: bool = False
-    frames_decoded: int = 0  # for progress events: frames read so far, in video order
     failed: bool = False
     decoder: str = ""  # which decoder read it: pyav, decord or nvdec
     decoder_note: str = ""  # why NVDEC did not take it, when it did not

@@ -135,7 +135,7 @@ class InputMaker:
             self.from_frames(torch.zeros(3, size, dtype=torch.uint8, device=self.device), info, colour)
             if self.cuda and colour is not None:
                 self.from_nv12(torch.zeros(3, 72, 64, dtype=torch.uint8, device=self.device),
-                               VideoInfo(4, 30.0, 48, 64, layout="yuv420p", colour=colour))
+                               VideoInfo(4, 30.0, 48, 64, colour=colour))
 
 
 class ClipAssembler:

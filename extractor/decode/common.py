@@ -20,13 +20,17 @@ class VideoInfo:
     height: int  # of the frames as displayed (after rotation)
     width: int
     rotation: int = 0  # display rotation, degrees counterclockwise: 0, 90, 180 or 270
-    # How its first frame travels: "yuv420p" (Y, U, V planes, converted to RGB on the GPU
-    # with `colour`, exactly as FFmpeg would) or "rgb24" (converted on the CPU).
-    layout: str = "rgb24"
-    colour: Optional[object] = None  # decode.color.YuvToRgb
+    # How its first frame converts to RGB: decode.color.YuvToRgb when the GPU reproduces
+    # FFmpeg's conversion from its Y, U, V planes; None when FFmpeg converts it on the CPU.
+    colour: Optional[object] = None
     codec: str = ""
     pix_fmt: str = ""
     interlaced: bool = False
+
+    @property
+    def layout(self) -> str:
+        """How its first frame travels: "yuv420p" planes, or "rgb24"."""
+        return "yuv420p" if self.colour is not None else "rgb24"
 
     @property
     def turns(self) -> int:
@@ -65,6 +69,18 @@ def check_readable(path: Path) -> None:
         raise DecodeError("empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise DecodeError("permission denied")
+
+
+def exit_description(exitcode: Optional[int]) -> str:
+    """How a child process ended, from its exit code (negative: the signal that killed it)."""
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def first_line(e: BaseException) -> str:

@@ -19,7 +19,8 @@ from .common import DecodeError, first_line
 NVDEC_ENGINES = (("H200", 7), ("H100", 7), ("H800", 7), ("GH200", 7), ("B200", 7), ("A100", 5), ("A800", 5),
                  ("A30", 4), ("L40", 3), ("L4", 4), ("A40", 2), ("A10", 2), ("A16", 4), ("A2", 1),
                  ("RTX 6000 Ada", 3), ("RTX 4090", 2), ("RTX 4080", 2), ("T4", 2), ("V100", 1))
-SESSIONS_PER_ENGINE = 2  # measured on the H100: 7 sessions 3,905 frames/s, 14 sessions 4,604
+# Measured on the H100 (issue 10's table, 2026-11-24): 7 sessions 3,905 frames/s, 14 sessions 4,604.
+SESSIONS_PER_ENGINE = 2
 
 
 def engines_of(gpu_name: str) -> int:
@@ -75,7 +76,8 @@ class _DeviceSpan:
 
 def nv12_batch(frames, device: torch.device) -> torch.Tensor:
     """The decoder's frames as one (n, rows, width) uint8 tensor: a view of the surfaces when
-    they lie back to back (the decoder writes a batch contiguously), else a stacked copy."""
+    they lie back to back, else a stacked copy (PyNvVideoCodec 2.2.4's are not back to
+    back: measured on the H100, 2026-11-26)."""
     tensors = [torch.from_dlpack(f) for f in frames]
     tensors = [t.squeeze(-1) if t.dim() == 3 and t.shape[-1] == 1 else t for t in tensors]
     first = tensors[0]
@@ -84,6 +86,23 @@ def nv12_batch(frames, device: torch.device) -> torch.Tensor:
                                      t.data_ptr() == first.data_ptr() + k * step for k, t in enumerate(tensors)):
         return torch.as_tensor(_DeviceSpan(first.data_ptr(), (len(tensors), *first.shape)), device=device)
     return torch.stack(tensors)
+
+
+class DeviceChunk:
+    """Frames an NVDEC session already made into model input, on its own CUDA stream."""
+
+    def __init__(self, x: torch.Tensor, ready: torch.cuda.Event, room: threading.Semaphore):
+        self.x, self.ready, self.room = x, ready, room
+
+    def to_input(self, maker) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self.x.device)
+        stream.wait_event(self.ready)
+        self.x.record_stream(stream)
+        self.room.release()
+        return self.x
+
+    def discard(self):
+        self.room.release()
 
 
 class NvdecSession(threading.Thread):
@@ -154,7 +173,7 @@ class NvdecSession(threading.Thread):
                 while not self.room.acquire(timeout=0.5):
                     if self.source.stopping:
                         return
-                put(("frames", job, ids[keep], _chunk(x, ready, self.room)))
+                put(("frames", job, ids[keep], DeviceChunk(x, ready, self.room)))
                 sent += 1
                 job.frames_done += int(keep.sum())
                 ready.synchronize()  # the decoder may reuse its surfaces for the next batch
@@ -178,7 +197,3 @@ class NvdecSession(threading.Thread):
                 del decoder
 
 
-def _chunk(x, ready, room):
-    from .source import DeviceChunk
-
-    return DeviceChunk(x, ready, room)

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from .common import exit_description
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -97,17 +99,9 @@ class CpuDecoder:
     def exit_reason(self) -> str:
         """Why it ended, once its socket has closed (it is reaped here)."""
         try:
-            code = self.process.wait(timeout=5)
+            return exit_description(self.process.wait(timeout=5))
         except subprocess.TimeoutExpired:
             return "its socket closed"
-        if code < 0:
-            import signal
-
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
 
     def pss_bytes(self) -> Optional[int]:
         return process_pss_bytes(self.process.pid)

@@ -81,7 +81,7 @@ class PyAVReader:
         self.gpu_colour = gpu_colour
         colour = gpu_conversion(first) if gpu_colour else None
         self.info = VideoInfo(num_frames, fps, *((w, h) if turns % 2 else (h, w)), rotation=turns * 90,
-                              layout="yuv420p" if colour is not None else "rgb24", colour=colour,
+                              colour=colour,
                               codec=stream.codec_context.name, pix_fmt=first.format.name,
                               interlaced=bool(getattr(first, "interlaced_frame", False)))
 
@@ -160,7 +160,7 @@ class DecordReader:
             raise DecodeError(f"not a decodable video ({first_line(e)})") from None
         if num_frames <= 0:
             raise DecodeError("no video frames")
-        self.info = VideoInfo(num_frames, fps, h, w, layout="rgb24")
+        self.info = VideoInfo(num_frames, fps, h, w)
 
     def frames(self, indices: np.ndarray) -> Iterator[tuple[int, tuple]]:
         """As PyAVReader.frames, skipping with skip_frames (not get_batch: it re-seeks on

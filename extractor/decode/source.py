@@ -70,23 +70,6 @@ class HostChunk:
         self.source.give_back_after(None, self.decoder, self.offset)
 
 
-class DeviceChunk:
-    """Frames an NVDEC session already made into model input, on its own CUDA stream."""
-
-    def __init__(self, x: torch.Tensor, ready: torch.cuda.Event, room: threading.Semaphore):
-        self.x, self.ready, self.room = x, ready, room
-
-    def to_input(self, maker) -> torch.Tensor:
-        stream = torch.cuda.current_stream(self.x.device)
-        stream.wait_event(self.ready)
-        self.x.record_stream(stream)
-        self.room.release()
-        return self.x
-
-    def discard(self):
-        self.room.release()
-
-
 class FrameSource:
     def __init__(self, plan: DecodePlan, clip_len: int, stride: int, decode_timeout_s: float,
                  claim: Callable, report: Callable, new_job: Callable, device: torch.device, maker=None):
@@ -370,10 +353,10 @@ class FrameSource:
         job.decoder, job.t_decode = "nvdec", time.perf_counter()
         session.inbox.put(job)
 
-    def _died(self, d: CpuDecoder, why: Optional[str] = None):
+    def _died(self, d: CpuDecoder):
         """A decoder process ended: the video it held (or was probing) goes back to the
         supervisor, which tries it once more or records it; a fresh process takes its place."""
-        why = why or d.hung_reason or d.exit_reason()
+        why = d.hung_reason or d.exit_reason()
         held = [d.job] if d is not self.prober else list(self.probing)
         if d is self.prober:
             self.probing.clear()
