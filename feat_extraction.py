@@ -388,7 +388,8 @@ def coordinate(args, cfg, videos, group, backbone, log) -> int:
     missing = None
     if args.anno_file is not None:
         missing = write_missing(cfg.save_path, annotated_videos(args.anno_file), cfg.prefix, cfg.suffix, cfg.ext)
-    busy_s = summary.wall_s - summary.startup_s
+    busy_s = summary.work_s()
+    shutdown_s = max(0.0, summary.wall_s - summary.startup_s - busy_s)
     rate = summary.clips / busy_s if busy_s > 0 else 0.0
     idle_s, idle_frac = summary.end_idle()
     balance = f" | first worker out of work waited {idle_s:.1f}s ({idle_frac:.1%} of the run)" \
@@ -396,7 +397,8 @@ def coordinate(args, cfg, videos, group, backbone, log) -> int:
     resume = f" | {len(summary.failed)} videos have no features: run the same command again to resume (it tries " \
              "them again; finished videos are skipped)" if summary.failed else ""
     log.say(f"summary: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed | "
-            f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s | "
+            f"{summary.clips} clips in {busy_s:.1f}s after {summary.startup_s:.1f}s start-up = {rate:.1f} clips/s "
+            f"(then {shutdown_s:.1f}s shutdown) | "
             f"time split (summed over videos, "
             f"overlapping): decode {summary.decode_s:.1f}s, model {summary.model_s:.1f}s, save {summary.save_s:.1f}s"
             f" | peak memory per worker: {summary.peak_ram_gib:.2f} GiB RAM (decoder processes and buffers included), "

@@ -11,17 +11,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"summary: (\d+) done, \d+ skipped, (\d+) failed \| (\d+) clips in ([\d.]+)s after ([\d.]+)s "
-                     r"start-up = ([\d.]+) clips/s.*?peak memory per worker: ([\d.]+) GiB RAM.*?([\d.]+) GiB GPU"
+                     r"start-up = ([\d.]+) clips/s \(then ([\d.]+)s shutdown\).*?peak memory per worker: ([\d.]+) GiB RAM.*?([\d.]+) GiB GPU"
                      r"(?:.*?first worker out of work waited ([\d.]+)s \(([\d.]+)% of the run\))?")
 HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
 
 
 def profile(proc: subprocess.Popen, log: Path, seconds: float):
-    """py-spy (where installed) samples the worker process for `seconds`, 5 s after it is
-    ready; collapsed stacks, idle ones included, go beside the log."""
+    """py-spy (where installed) samples the worker process, 5 s after it is ready: for
+    `seconds` every thread, idle or not (.pyspy.txt beside the log), then for `seconds` only
+    the thread holding the GIL (.gil.txt). Collapsed stacks."""
     import shutil
 
     spy = shutil.which("py-spy")
@@ -36,13 +38,51 @@ def profile(proc: subprocess.Popen, log: Path, seconds: float):
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
     for pid in workers[:1]:
-        subprocess.run([spy, "record", "--pid", pid, "--duration", str(int(seconds)), "--rate", "200", "--idle",
-                        "--threads", "--nonblocking", "--format", "raw", "--output",
-                        str(log.with_suffix(".pyspy.txt"))], capture_output=True, text=True)
+        before, t0, machine0 = thread_cpu(pid), time.monotonic(), machine_cpu()
+        for mode, suffix in (("--idle", ".pyspy.txt"), ("--gil", ".gil.txt")):
+            subprocess.run([spy, "record", "--pid", pid, "--duration", str(int(seconds)), "--rate", "200", mode,
+                            "--threads", "--nonblocking", "--format", "raw", "--output",
+                            str(log.with_suffix(suffix))], capture_output=True, text=True)
+        after, wall, machine1 = thread_cpu(pid), time.monotonic() - t0, machine_cpu()
+        busy = {tid: (after[tid] - before.get(tid, 0)) / wall for tid in after}
+        names = python_thread_names(log.with_suffix(".pyspy.txt"))
+        used = (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1])
+        log.with_suffix(".cpu.txt").write_text(f"machine: {used:.1%} of {os.cpu_count()} cores busy\n" + "".join(
+            f"{share:6.1%} {tid} {names.get(tid, '')}\n" for tid, share in sorted(busy.items(), key=lambda kv: -kv[1])))
+
+
+def thread_cpu(pid: str) -> dict:
+    """CPU seconds so far of each thread of a process, by thread id."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[task.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def python_thread_names(pyspy_raw: Path) -> dict:
+    """Thread id -> Python thread name, from py-spy's raw output ('thread (TID): NAME;...')."""
+    names = {}
+    if pyspy_raw.exists():
+        for line in pyspy_raw.read_text(errors="replace").splitlines():
+            m = re.match(r"thread \((\w+)\): ([^;]+)", line)
+            if m:
+                names[m.group(1)] = m.group(2).strip()
+    return names
 
 
 def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bool, log: Path,
-            timeout: float = 1200, profile_s: float = 0) -> dict:
+            timeout: float = 1200, profile_s: float = 0, env: Optional[dict] = None) -> dict:
     """feat_extraction.py in its own process group, its output in `log`. Past `timeout`, every
     process of the run prints its threads' stacks (SIGUSR1) into the log, then is killed."""
     args = [ROOT / "feat_extraction.py", "--data_set", kind, "--data_path", data, "--save_path", out,
@@ -52,7 +92,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
         if profile_s:
             profile(proc, log, profile_s)
         try:
@@ -67,7 +107,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
     m = SUMMARY.search(text)
     if m is None:
         return {"error": f"exit {proc.returncode} (log {log}): {text[-3000:]}"}
-    done, failed, clips, busy, startup, rate, ram, gpu, idle_s, idle_pct = m.groups()
+    done, failed, clips, busy, startup, rate, shutdown, ram, gpu, idle_s, idle_pct = m.groups()
     header = HEADER.search(text)
     decoders = {}
     for line in text.splitlines():
@@ -76,6 +116,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
             decoders[hit.group(1)] = decoders.get(hit.group(1), 0) + 1
     return {"command": "python " + " ".join(map(str, args)), "videos": int(done), "failed": int(failed),
             "clips": int(clips), "busy_s": float(busy), "startup_s": float(startup), "clips_per_s": float(rate),
+            "shutdown_s": float(shutdown),
             "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,
             "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "wall_s": round(wall, 2),
             "decoding": header.group(1).strip() if header else "", "summary": m.group(0)}

@@ -128,20 +128,37 @@ def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
     return r
 
 
-def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, a) -> dict:
-    """The CLI with default flags (and, with --e2e_decoders, with each --decoder given)."""
+def parse_variants(spec: str) -> dict[str, tuple[list, dict]]:
+    """--e2e: 'defaults;cpu=--decoder cpu;si=FEAT_SWITCH_INTERVAL_S=0.0005 --nvdec_sessions 7' ->
+    {name: (CLI flags, environment)}; a token NAME=VALUE in capitals is an environment variable."""
     out = {}
-    for decoder in a.e2e_decoders.split(","):
-        extra = [] if decoder == "auto" else ["--decoder", decoder]
-        r = out[decoder] = run_cli(data, work / f"out_{kind}", ckpt, kind, extra, a.quick,
-                                   a.logs / f"e2e_{kind}_{decoder}.log", a.cli_timeout, a.profile_s)
-        name = "defaults" if decoder == "auto" else f"--decoder {decoder}"
+    for item in filter(None, (x.strip() for x in spec.split(";"))):
+        name, _, rest = item.partition("=") if "=" in item.split()[0] else (item, "", "")
+        flags, env = [], {}
+        for token in rest.split():
+            key, eq, value = token.partition("=")
+            if eq and key.isupper():
+                env[key] = value
+            else:
+                flags.append(token)
+        out[name] = (flags, env)
+    return out
+
+
+def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, a) -> dict:
+    """The CLI with default flags, and with each variant of --e2e."""
+    out = {}
+    for name, (extra, env) in parse_variants(a.e2e).items():
+        r = out[name] = run_cli(data, work / f"out_{kind}", ckpt, kind, extra, a.quick,
+                                a.logs / f"e2e_{kind}_{name}.log", a.cli_timeout,
+                                a.profile_s if name == "defaults" else 0, env)
+        label = f"{name}: {' '.join(extra + [f'{k}={v}' for k, v in env.items()]) or 'default flags'}"
         if "error" in r:
-            say(f"  end to end ({name}) FAILED: {r['error']}")
+            say(f"  end to end ({label}) FAILED: {r['error']}")
         else:
-            say(f"  end to end ({name}): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up | "
-                f"peak RAM per worker {r['peak_ram_gib']:.2f} GiB | {r['decoding']} | videos by decoder "
-                f"{r['videos_by_decoder']}")
+            say(f"  end to end ({label}): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up "
+                f"(+{r['shutdown_s']:.1f}s shutdown) | peak RAM per worker {r['peak_ram_gib']:.2f} GiB | "
+                f"{r['decoding']} | videos by decoder {r['videos_by_decoder']}")
     return out
 
 
@@ -205,7 +222,7 @@ def stage_original(kind: str, videos: list[Path], ckpt: Path, dev: torch.device)
 def table(results: dict):
     say("\nsummary (clips/s; decoded frames/s = clips/s x min(stride, 16)):")
     for kind, r in results.items():
-        e2e, step = (r.get("e2e") or {}).get("auto") if isinstance(r, dict) else None, min(PRESETS.get(kind, 16), 16)
+        e2e, step = (r.get("e2e") or {}).get("defaults") if isinstance(r, dict) else None, min(PRESETS.get(kind, 16), 16)
         if not e2e or "error" in e2e:
             continue
         model = r.get("model", {}).get("clips_per_s")
@@ -237,7 +254,9 @@ def main():
     ap.add_argument("--levers", default=None, help="levers: comma-separated settings of bench/model_speed.py")
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--logs", type=Path, help="folder for the CLI runs' logs (default WORK/logs)")
-    ap.add_argument("--e2e_decoders", default="auto", help="e2e: the --decoder of each run (auto: the defaults)")
+    ap.add_argument("--e2e", default="defaults", help="e2e: runs separated by ';', each NAME or NAME=FLAGS "
+                                                       "(capitalised NAME=VALUE tokens: environment), e.g. "
+                                                       "'defaults;cpu=--decoder cpu'")
     ap.add_argument("--cli_timeout", type=float, default=1200, help="seconds before a CLI run is stopped")
     ap.add_argument("--profile_s", type=float, default=0, help="e2e: seconds of py-spy samples of the worker")
     ap.add_argument("--fidelity_features", default="hacs,charades", help="fidelity: corpora whose features are "

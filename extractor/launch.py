@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -47,6 +48,7 @@ class RunSummary:
     video_s: float = 0.0  # duration of the videos done (frames / fps)
     wall_s: float = 0.0
     startup_s: float = 0.0  # until the first worker had its model loaded (and compiled)
+    last_result_s: float = 0.0  # until the last video was written (or failed); shutdown follows
     peak_ram_gib: float = 0.0  # largest peak memory of a worker with its decoder processes and buffers
     peak_gpu_gib: float = 0.0  # largest peak GPU memory allocated by a worker
     decode_s: float = 0.0
@@ -54,6 +56,12 @@ class RunSummary:
     save_s: float = 0.0
     backbone: Optional[str] = None
     worker_end_s: dict = field(default_factory=dict)  # rank -> seconds into the run its worker ran out of work
+
+    def work_s(self) -> float:
+        """Seconds of work: from the first worker ready to the last video written (start-up
+        before and the processes' shutdown after are not work)."""
+        end = self.last_result_s if self.last_result_s > self.startup_s else self.wall_s
+        return max(0.0, end - self.startup_s)
 
     def end_idle(self) -> tuple[float, float]:
         """(seconds, fraction of the run) that the first worker to run out of work waited
@@ -276,6 +284,8 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
     the pipeline on them."""
     _die_with_parent()
     dump_stacks_on_sigusr1()
+    if os.environ.get("FEAT_SWITCH_INTERVAL_S"):  # benchmark hook: the GIL's switch interval (default 5 ms)
+        sys.setswitchinterval(float(os.environ["FEAT_SWITCH_INTERVAL_S"]))
     send_lock, claim_lock = threading.Lock(), threading.Lock()
 
     def send(msg):

@@ -197,6 +197,7 @@ class Progress:
             self.held.get(rank, set()).discard(name)
             self.meter.ended(name, done=True)
             s.done += 1
+            s.last_result_s = self.clock() - self.t0
             s.clips += ev["clips"]
             s.video_s += ev["frames"] / ev["fps"] if ev["fps"] else 0.0
             s.decode_s += ev["decode_s"]
@@ -209,6 +210,7 @@ class Progress:
             self.held.get(rank, set()).discard(name)
             self.meter.ended(name, done=False)
             s.failed[name] = ev["reason"]
+            s.last_result_s = self.clock() - self.t0
             self.say(f"[R{rank}] FAILED {name}: {ev['reason']}", err=True)
             self._record(ev)
         elif kind == "released":  # the worker died holding it; its supervisor will try it again

@@ -16,8 +16,8 @@ def test_benchmark_quick_runs_on_cpu(tmp_path):
     for corpus, needed in (("charades", 40), ("hacs", 32)):  # 40 frames: clips at 0..24 by 4; at 0 and 16
         r = results[corpus]
         assert r["ceilings"]["cpu"]["frames"] == 2 * needed and not r["ceilings"]["cpu"]["failed"]
-        assert r["e2e"]["auto"]["clips"] > 0 and r["e2e"]["auto"]["videos_by_decoder"] == {"pyav": 2}
-        assert r["original"]["original_fp32_b20"]["clips"] == r["e2e"]["auto"]["clips"]
+        assert r["e2e"]["defaults"]["clips"] > 0 and r["e2e"]["defaults"]["videos_by_decoder"] == {"pyav": 2}
+        assert r["original"]["original_fp32_b20"]["clips"] == r["e2e"]["defaults"]["clips"]
         pixels = r["fidelity"]["pixels_cpu_decoder"]
         assert all(p["eager"]["max_abs_diff"] == 0 and p["compiled"]["max_abs_diff"] == 0 for p in pixels.values())
         for name in ("default", "fp32_cpu_decoder"):
