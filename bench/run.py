@@ -175,7 +175,10 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
         say(f"  pixels, NVDEC's NV12 -> RGB on the GPU vs FFmpeg: {out['pixels_nvdec']}")
     data = work / f"fidelity_{kind}"
     data.mkdir(exist_ok=True)
-    for v in sample:
+    # three videos, another preset's size among them where its corpus is built: one NVDEC
+    # session decodes them in turn (its decoder reconfigured from file to file)
+    others = [next(iter(sorted((work / k).glob(f"{k}_[0-9]*.mp4"))), None) for k in PRESETS if k != kind]
+    for v in [*videos[:2], *filter(None, others)][:3]:
         target = data / v.name
         if not target.exists():
             target.symlink_to(v)
@@ -191,7 +194,7 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
         return out
     runs = {"default": [], "fp32_cpu_decoder": ["--dtype", "fp32", "--decoder", "cpu"]}
     if not quick and torch.cuda.is_available():
-        runs["fp32_nvdec"] = ["--dtype", "fp32", "--decoder", "nvdec"]
+        runs["fp32_nvdec"] = ["--dtype", "fp32", "--decoder", "nvdec", "--nvdec_sessions", "1"]
     for name, extra in runs.items():
         r = run_cli(data, work / f"fid_{kind}_{name}", ckpt, kind, extra, quick, logs / f"fidelity_{kind}_{name}.log")
         if "error" in r:

@@ -158,7 +158,8 @@ class ClipAssembler:
         return self.next_clip >= len(self.starts)
 
     def push(self, index: np.ndarray, frames: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
-        self.frames = frames if self.frames is None else torch.cat([self.frames, frames])
+        held = self.frames is not None and self.frames.shape[0] > 0
+        self.frames = torch.cat([self.frames, frames]) if held else frames
         self.index = np.concatenate([self.index, index])
         nums, clips = [], []
         while not self.done:

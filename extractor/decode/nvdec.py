@@ -107,7 +107,12 @@ class DeviceChunk:
 
 class NvdecSession(threading.Thread):
     """One decoder session: takes jobs from `inbox` (None ends it), decodes each from its
-    first frame and puts its chunks, made into model input, on the source's queue."""
+    first frame and puts its chunks, made into model input, on the source's queue.
+
+    The session keeps its PyNvVideoCodec decoder from video to video (reconfigured for the
+    next file): destroying one holds the GIL for tens of milliseconds while the driver
+    frees its surfaces, and every other thread of the worker, the one feeding the GPU
+    included, waits (py-spy on the H100: a third of the GIL's time, 2026-11-26)."""
 
     def __init__(self, index: int, device: torch.device, source, plan, maker):
         super().__init__(daemon=True, name=f"nvdec{index}")
@@ -116,6 +121,7 @@ class NvdecSession(threading.Thread):
         self.device, self.source, self.plan, self.maker = device, source, plan, maker
         self.inbox: queue.Queue = queue.Queue()
         self.room = threading.Semaphore(plan.prefetch)  # chunks the main thread has not taken yet
+        self.decoder = None
 
     def run(self):
         try:
@@ -125,31 +131,45 @@ class NvdecSession(threading.Thread):
         except Exception as e:
             self.source.session_broken(self, first_line(e))
             return
-        while True:
-            job = self.inbox.get()
-            if job is None:
-                return
-            try:
-                self.decode(job)
-            finally:
-                self.source.session_free(self)
+        try:
+            while True:
+                job = self.inbox.get()
+                if job is None:
+                    return
+                try:
+                    self.decode(job)
+                finally:
+                    self.source.session_free(self)
+        finally:
+            self._drop_decoder()
 
     def _open(self, job):
+        """The session's decoder, set up for the job's file."""
         import PyNvVideoCodec as nvc
 
         with _CREATE_LOCK:
-            return nvc.SimpleDecoder(str(job.path), gpu_id=self.device.index or 0, cuda_context=self.context,
-                                     cuda_stream=self.stream.cuda_stream, use_device_memory=True,
-                                     output_color_type=nvc.OutputColorType.NATIVE)
+            if self.decoder is None:
+                self.decoder = nvc.SimpleDecoder(str(job.path), gpu_id=self.device.index or 0,
+                                                 cuda_context=self.context, cuda_stream=self.stream.cuda_stream,
+                                                 use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
+            else:
+                self.decoder.reconfigure_decoder(str(job.path))
+            return self.decoder
+
+    def _drop_decoder(self):
+        """Destroys the decoder (after an error its state is not trusted; and at the end)."""
+        with _CREATE_LOCK:
+            self.decoder = None
 
     def decode(self, job):
         put, info, needed = self.source.put, job.info, job.needed
         try:
             decoder = self._open(job)
         except Exception as e:
+            self._drop_decoder()
             self.source.nvdec_declined(job, first_line(e))
             return
-        position, sent, last_report = 0, 0, time.monotonic()
+        position, sent, last_report, finished = 0, 0, time.monotonic(), False
         try:
             while position <= int(needed[-1]) and not self.source.stopping:
                 try:  # never past the last frame (the decoder warns for every index beyond it)
@@ -184,6 +204,7 @@ class NvdecSession(threading.Thread):
             if self.source.stopping:
                 return
             job.decode_s += time.perf_counter() - job.t_decode
+            finished = True
             put(("decoded", job))
         except DecodeError as e:
             if sent == 0:
@@ -193,7 +214,8 @@ class NvdecSession(threading.Thread):
         except Exception as e:  # a decoder bug must not take the worker down
             put(("fail", job, f"NVDEC: {type(e).__name__}: {first_line(e)}"))
         finally:
-            with _CREATE_LOCK:
-                del decoder
+            del decoder
+            if not finished:
+                self._drop_decoder()
 
 
