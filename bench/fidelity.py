@@ -89,13 +89,16 @@ def nvdec(videos: list[Path], ref: Path) -> dict:
     dev = torch.device("cuda", 0)
     stream = torch.cuda.Stream(dev)
     context = current_context_handle(dev)
-    wanted, results = np.load(ref), {}
-    for path in videos:
+    wanted, results, decoder = np.load(ref), {}, None
+    for k, path in enumerate(videos):  # one decoder, reconfigured from file to file as the pipeline does
         want = wanted[path.name]
         matrix, full, interlaced = wanted[path.name + "/colour"]
         colour = YuvToRgb(str(matrix), full == "True", interlaced == "True")
-        decoder = nvc.SimpleDecoder(str(path), gpu_id=0, cuda_context=context, cuda_stream=stream.cuda_stream,
-                                    use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
+        if decoder is None:
+            decoder = nvc.SimpleDecoder(str(path), gpu_id=0, cuda_context=context, cuda_stream=stream.cuda_stream,
+                                        use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
+        else:
+            decoder.reconfigure_decoder(str(path))
         decoded = decoder.get_batch_frames(len(want))
         with torch.cuda.stream(stream):
             batch = nv12_batch(decoded, dev)
@@ -105,10 +108,25 @@ def nvdec(videos: list[Path], ref: Path) -> dict:
                                 colour)
         stream.synchronize()
         first = torch.from_dlpack(decoded[0])
-        results[path.name] = {**agreement(rgb, want), "frames": len(decoded), "surface_shape": list(first.shape),
-                              "batch_is_view": batch.data_ptr() == first.data_ptr()}
-        del decoder
+        results[f"{path.name}#{k}"] = {**agreement(rgb, want), "frames": len(decoded),
+                                       "surface_shape": list(first.shape), "surface_strides": list(first.stride()),
+                                       "batch_is_view": batch.data_ptr() == first.data_ptr(),
+                                       "layout": frame_layout(decoded)}
+    del decoder
     return results
+
+
+def frame_layout(frames) -> dict:
+    """Where PyNvVideoCodec's frames of one batch lie: the gaps between their device
+    addresses (for a batch made without one tensor per frame), and what a frame offers."""
+    ptrs = [torch.from_dlpack(f).data_ptr() for f in frames]
+    out = {"address_steps": sorted(set(b - a for a, b in zip(ptrs, ptrs[1:]))),
+           "frame_attributes": [a for a in dir(frames[0]) if not a.startswith("__")]}
+    try:
+        out["GetPtrToPlane_matches"] = [int(f.GetPtrToPlane(0)) for f in frames] == ptrs
+    except Exception as e:
+        out["GetPtrToPlane_error"] = f"{type(e).__name__}: {e}"
+    return out
 
 
 def reference(out: Path, videos: list[Path], ckpt: Path, stride: int, clip_len: int = 16) -> dict:

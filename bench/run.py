@@ -170,7 +170,7 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
     out["pixels_cpu_decoder"] = json.loads(res.stdout) if res.returncode == 0 else res.stderr[-2000:]
     say(f"  pixels, CPU decoder's planes -> RGB on the device vs FFmpeg: {out['pixels_cpu_decoder']}")
     if not quick and torch.cuda.is_available():
-        res = python(BENCH / "fidelity.py", "nvdec", *sample, "--ref", ref)
+        res = python(BENCH / "fidelity.py", "nvdec", *sample, *sample, "--ref", ref)  # twice: a reconfigured decoder
         out["pixels_nvdec"] = json.loads(res.stdout) if res.returncode == 0 else res.stderr[-2000:]
         say(f"  pixels, NVDEC's NV12 -> RGB on the GPU vs FFmpeg: {out['pixels_nvdec']}")
     data = work / f"fidelity_{kind}"

@@ -4,9 +4,29 @@ open, and the checks before opening. No torch here: decoder processes import it.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+
+# Decoding runs at a lower priority than the worker's own thread, which feeds the GPU: with
+# every core decoding, that thread otherwise waits for a core each time it takes the GIL.
+# (Environment overrides: for the benchmark's comparisons.)
+DECODER_NICE = int(os.environ.get("FEAT_DECODER_NICE", "5"))  # CPU decoder processes
+NVDEC_NICE = int(os.environ.get("FEAT_NVDEC_NICE", "5"))  # NVDEC session threads (and the threads they start)
+
+
+def lower_priority(nice: int, thread: bool = False):
+    """Adds `nice` to this process's (or, with thread, this thread's: Linux) niceness."""
+    try:
+        if thread:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+        else:
+            os.nice(nice)
+    except (OSError, AttributeError):
+        pass
 
 
 class DecodeError(Exception):

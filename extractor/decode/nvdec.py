@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from .common import DecodeError, first_line
+from .common import NVDEC_NICE, DecodeError, first_line, lower_priority
 
 # NVDEC engines per GPU (NVIDIA's Video Codec SDK support matrix); the first match of a
 # name fragment wins. Unknown GPUs count as one engine.
@@ -124,6 +124,7 @@ class NvdecSession(threading.Thread):
         self.decoder = None
 
     def run(self):
+        lower_priority(NVDEC_NICE, thread=True)  # before PyNvVideoCodec starts its threads from this one
         try:
             torch.cuda.set_device(self.device)
             self.stream = torch.cuda.Stream(self.device)
