@@ -14,7 +14,10 @@ from typing import Optional
 # every core decoding, that thread otherwise waits for a core each time it takes the GIL.
 # (Environment overrides: for the benchmark's comparisons.)
 DECODER_NICE = int(os.environ.get("FEAT_DECODER_NICE", "5"))  # CPU decoder processes
-NVDEC_NICE = int(os.environ.get("FEAT_NVDEC_NICE", "5"))  # NVDEC session threads (and the threads they start)
+# NVDEC session threads (and the threads they start): at 5, 262-288 clips/s against 301 at
+# 0 (hacs-like 720p, H100, 2026-11-26): NVDEC then falls behind.
+NVDEC_NICE = int(os.environ.get("FEAT_NVDEC_NICE", "0"))
+NVDEC_VIEWS = os.environ.get("FEAT_NVDEC_DLPACK", "0") != "1"  # NVDEC batches from surface addresses
 
 
 def lower_priority(nice: int, thread: bool = False):
