@@ -129,7 +129,7 @@ def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
 
 
 def parse_variants(spec: str) -> dict[str, tuple[list, dict]]:
-    """--e2e: 'defaults;cpu=--decoder cpu;si=FEAT_SWITCH_INTERVAL_S=0.0005 --nvdec_sessions 7' ->
+    """--e2e: 'defaults;cpu=--decoder cpu;n7=--nvdec_sessions 7 SOME_ENV=1' ->
     {name: (CLI flags, environment)}; a token NAME=VALUE in capitals is an environment variable.
     --profile_s samples the run named 'profiled' if there is one, else 'defaults'."""
     out = {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -284,8 +283,6 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
     the pipeline on them."""
     _die_with_parent()
     dump_stacks_on_sigusr1()
-    if os.environ.get("FEAT_SWITCH_INTERVAL_S"):  # benchmark hook: the GIL's switch interval (default 5 ms)
-        sys.setswitchinterval(float(os.environ["FEAT_SWITCH_INTERVAL_S"]))
     send_lock, claim_lock = threading.Lock(), threading.Lock()
 
     def send(msg):

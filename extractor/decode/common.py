@@ -4,32 +4,9 @@ open, and the checks before opening. No torch here: decoder processes import it.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-
-
-# Decoding runs at a lower priority than the worker's own thread, which feeds the GPU: with
-# every core decoding, that thread otherwise waits for a core each time it takes the GIL.
-# (Environment overrides: for the benchmark's comparisons.)
-DECODER_NICE = int(os.environ.get("FEAT_DECODER_NICE", "5"))  # CPU decoder processes
-# NVDEC session threads (and the threads they start): at 5, 262-288 clips/s against 301 at
-# 0 (hacs-like 720p, H100, 2026-11-26): NVDEC then falls behind.
-NVDEC_NICE = int(os.environ.get("FEAT_NVDEC_NICE", "0"))
-NVDEC_VIEWS = os.environ.get("FEAT_NVDEC_DLPACK", "0") != "1"  # NVDEC batches from surface addresses
-
-
-def lower_priority(nice: int, thread: bool = False):
-    """Adds `nice` to this process's (or, with thread, this thread's: Linux) niceness."""
-    try:
-        if thread:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-        else:
-            os.nice(nice)
-    except (OSError, AttributeError):
-        pass
 
 
 class DecodeError(Exception):

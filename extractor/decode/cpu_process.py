@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..clips import clip_starts, needed_frames
-from .common import DECODER_NICE, DecodeError, first_line, lower_priority, packed_frame_bytes
+from .common import DecodeError, first_line, packed_frame_bytes
 from .readers import READERS
 
 
@@ -189,7 +189,10 @@ def main(argv):
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where it is stuck
-    lower_priority(DECODER_NICE)
+    try:
+        os.nice(5)  # the worker's own thread feeds the GPU: it goes first
+    except OSError:
+        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     buffer = np.frombuffer(mmap.mmap(memfd, size), dtype=np.uint8)
     DecoderProcess(Connection(fd), buffer, reader).serve()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from .common import NVDEC_NICE, NVDEC_VIEWS, DecodeError, first_line, lower_priority
+from .common import DecodeError, first_line
 
 # NVDEC engines per GPU (NVIDIA's Video Codec SDK support matrix); the first match of a
 # name fragment wins. Unknown GPUs count as one engine.
@@ -98,7 +98,7 @@ def nv12_batch(frames, device: torch.device) -> torch.Tensor:
     last = torch.from_dlpack(frames[-1])
     last = last.squeeze(-1) if last.dim() == 3 and last.shape[-1] == 1 else last
     try:
-        addresses = [int(f.GetPtrToPlane(0)) for f in frames] if NVDEC_VIEWS and last.is_contiguous() else None
+        addresses = [int(f.GetPtrToPlane(0)) for f in frames] if last.is_contiguous() else None
     except (AttributeError, TypeError, RuntimeError):
         addresses = None
     if addresses is None or addresses[-1] != last.data_ptr():  # per frame, as DLPack gives them
@@ -146,7 +146,6 @@ class NvdecSession(threading.Thread):
         self.decoder = None
 
     def run(self):
-        lower_priority(NVDEC_NICE, thread=True)  # before PyNvVideoCodec starts its threads from this one
         try:
             torch.cuda.set_device(self.device)
             self.stream = torch.cuda.Stream(self.device)
