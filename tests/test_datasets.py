@@ -264,3 +264,21 @@ def test_two_videos_with_one_output_stop_the_run_before_any_work(tmp_path):
     assert res.stderr.strip() == f"error: clip.avi and clip.mp4 would both write {tmp_path / 'out' / 'clip.npy'}: " \
                                  "rename one of them"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_rate_counts_from_the_first_worker_ready_to_the_last_video_written():
+    """Start-up before and the processes' shutdown after are not work: the summary's rate
+    divides the clips by the time between them (a short benchmark run spent seconds in
+    process teardown)."""
+    clock = FakeClock()
+    summary = RunSummary()
+    progress = Progress({"a.mp4": 100, "b.mp4": 100}, summary, RunLog(None), clip_len=16, stride=4, clock=clock)
+    done = {"type": "done", "clips": 10, "frames": 50, "fps": 25.0, "decode_s": 1.0, "model_s": 1.0, "save_s": 0.0,
+            "decoder": "pyav", "path": "x", "feature_file": "x.npy"}
+    for t, rank, ev in ((10.0, 0, {"type": "ready", "backbone": "sim"}), (20.0, 0, {**done, "video": "a.mp4"}),
+                        (30.0, 0, {**done, "video": "b.mp4"})):
+        clock.now = t
+        progress.handle(rank, ev)
+    clock.now = 35.0
+    progress.close()
+    assert (summary.startup_s, summary.wall_s, summary.work_s()) == (10.0, 35.0, 20.0)
