@@ -22,7 +22,8 @@ HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
 
 def profile(proc: subprocess.Popen, log: Path, seconds: float):
     """py-spy (where installed) samples the worker process, 5 s after it is ready: for
-    `seconds` every thread, idle or not, native frames included (.pyspy.txt beside the log), then for `seconds` only
+    `seconds` every thread, idle or not (.pyspy.txt beside the log; `--native` gave no output on
+    the H100 machine, 2026-11-26), then for `seconds` only
     the thread holding the GIL (.gil.txt). Collapsed stacks."""
     import shutil
 
@@ -39,7 +40,7 @@ def profile(proc: subprocess.Popen, log: Path, seconds: float):
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
     for pid in workers[:1]:
         before, t0, machine0 = thread_cpu(pid), time.monotonic(), machine_cpu()
-        for mode, suffix in ((["--idle", "--native"], ".pyspy.txt"), (["--gil"], ".gil.txt")):
+        for mode, suffix in ((["--idle"], ".pyspy.txt"), (["--gil"], ".gil.txt")):
             subprocess.run([spy, "record", "--pid", pid, "--duration", str(int(seconds)), "--rate", "200", *mode,
                             "--threads", "--nonblocking", "--format", "raw", "--output",
                             str(log.with_suffix(suffix))], capture_output=True, text=True)
