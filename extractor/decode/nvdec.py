@@ -89,21 +89,25 @@ def evenly_spaced_runs(addresses: list, size: int) -> list:
     return runs
 
 
+def _surface(frame) -> torch.Tensor:
+    """One decoded NV12 frame as a (rows, width) tensor over its surface (DLPack)."""
+    t = torch.from_dlpack(frame)
+    return t.squeeze(-1) if t.dim() == 3 and t.shape[-1] == 1 else t
+
+
 def nv12_batch(frames, device: torch.device) -> torch.Tensor:
     """The decoder's frames as one contiguous (n, rows, width) uint8 tensor, copied on the
     current stream. PyNvVideoCodec 2.2.4 puts a batch's frames mostly 2 MiB apart, in a few
     runs (measured on the H100, 2026-11-26): one strided view per run, not one DLPack
     exchange per frame (each takes the GIL and makes CUDA calls, on every NVDEC thread).
     The last frame's DLPack exchange orders the current stream after the decoder's work."""
-    last = torch.from_dlpack(frames[-1])
-    last = last.squeeze(-1) if last.dim() == 3 and last.shape[-1] == 1 else last
+    last = _surface(frames[-1])
     try:
         addresses = [int(f.GetPtrToPlane(0)) for f in frames] if last.is_contiguous() else None
     except (AttributeError, TypeError, RuntimeError):
         addresses = None
     if addresses is None or addresses[-1] != last.data_ptr():  # per frame, as DLPack gives them
-        tensors = [torch.from_dlpack(f) for f in frames[:-1]]
-        return torch.stack([t.squeeze(-1) if t.dim() == 3 and t.shape[-1] == 1 else t for t in tensors] + [last])
+        return torch.stack([_surface(f) for f in frames[:-1]] + [last])
     rows, width = last.shape
     parts = [torch.as_tensor(_Surfaces(addresses[a], count, rows, width, step), device=device)
              for a, count, step in evenly_spaced_runs(addresses, rows * width)]
@@ -166,7 +170,7 @@ class NvdecSession(threading.Thread):
             self._drop_decoder()
 
     def _open(self, job):
-        """The session's decoder, set up for the job's file."""
+        """Sets the session's decoder up for the job's file."""
         import PyNvVideoCodec as nvc
 
         with _CREATE_LOCK:
@@ -176,7 +180,6 @@ class NvdecSession(threading.Thread):
                                                  use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
             else:
                 self.decoder.reconfigure_decoder(str(job.path))
-            return self.decoder
 
     def _drop_decoder(self):
         """Destroys the decoder (after an error its state is not trusted; and at the end)."""
@@ -186,7 +189,7 @@ class NvdecSession(threading.Thread):
     def decode(self, job):
         put, info, needed = self.source.put, job.info, job.needed
         try:
-            decoder = self._open(job)
+            self._open(job)
         except Exception as e:
             self._drop_decoder()
             self.source.nvdec_declined(job, first_line(e))
@@ -195,7 +198,7 @@ class NvdecSession(threading.Thread):
         try:
             while position <= int(needed[-1]) and not self.source.stopping:
                 try:  # never past the last frame (the decoder warns for every index beyond it)
-                    frames = decoder.get_batch_frames(max(1, min(self.plan.chunk_frames, info.num_frames - position)))
+                    frames = self.decoder.get_batch_frames(max(1, min(self.plan.chunk_frames, info.num_frames - position)))
                 except Exception as e:
                     raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
                 if not frames:
@@ -236,7 +239,6 @@ class NvdecSession(threading.Thread):
         except Exception as e:  # a decoder bug must not take the worker down
             put(("fail", job, f"NVDEC: {type(e).__name__}: {first_line(e)}"))
         finally:
-            del decoder
             if not finished:
                 self._drop_decoder()
 
