@@ -370,6 +370,7 @@ def coordinate(args, cfg, videos, group, backbone, log) -> int:
             f"{decoding_plan(cfg, group)} | {backbone.description} | {backbone.preprocessing.describe()}")
     # run_record hashes the checkpoint: only when there is something to record
     manifest = Manifest(cfg.save_path, run_record(cfg, backbone)) if todo or not_found else None
+    width = backbone.width
     del backbone
     for video in not_found:
         summary.failed[video] = "not found"
@@ -384,6 +385,7 @@ def coordinate(args, cfg, videos, group, backbone, log) -> int:
                 f"{len(todo) + len(not_found)} videos left | {records(cfg, manifest, {}, None)} | finished feature "
                 f"files are kept; run the same command again to resume", err=True)
         return 130
+    keep_written_before_loss(cfg, args.data_path, summary, manifest, width, log)
     write_failed(cfg.save_path, summary.failed)
     missing = None
     if args.anno_file is not None:
@@ -407,6 +409,24 @@ def coordinate(args, cfg, videos, group, backbone, log) -> int:
         log.say(f"{len(summary.failed)} videos failed: see {cfg.save_path / 'failed_videos.txt'}", err=True)
         return 1
     return 0
+
+
+def keep_written_before_loss(cfg, data_path: Path, summary, manifest, width: int, log) -> None:
+    """A worker lost (killed, its node gone) after writing a video's features and before
+    reporting it: the file is complete (writes are atomic), so the video counts as done,
+    not failed, and the manifest says so."""
+    from extractor.outputs import check_existing, load_features
+
+    for name, reason in list(summary.failed.items()):
+        out = cfg.output_path(data_path / name)
+        if not reason.endswith("while holding it") or not out.exists() or check_existing(out, width) is not None:
+            continue
+        del summary.failed[name]
+        summary.done += 1
+        clips = int(load_features(out).shape[0])
+        manifest.add({"video": name, "status": "done", "feature_file": str(out.relative_to(cfg.save_path)),
+                      "num_clips": clips, "shape": [clips, width], "note": "written before its worker was lost"})
+        log.say(f"{name}: its features were written before its worker was lost: kept", err=True)
 
 
 def records(cfg, manifest, failed: dict, missing) -> str:

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,26 @@ def test_rate_counts_from_the_first_worker_ready_to_the_last_video_written():
     clock.now = 35.0
     progress.close()
     assert (summary.startup_s, summary.wall_s, summary.work_s()) == (10.0, 35.0, 20.0)
+
+
+def test_a_video_written_before_its_worker_was_lost_counts_as_done(tmp_path):
+    """The lost worker wrote v0's features and died before reporting them: v0 is done (its
+    file is complete), not failed; v1, which failed for a reason of its own, stays failed."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from feat_extraction import keep_written_before_loss
+    from extractor.outputs import Manifest, read_manifest, save_features
+    from extractor.pipeline import RunConfig
+
+    cfg = RunConfig(save_path=tmp_path, ckpt_path=tmp_path / "none")
+    for name in ("v0", "v1"):
+        save_features(tmp_path / f"{name}.npy", np.ones((3, 8), dtype=np.float32))
+    summary = RunSummary()
+    summary.failed = {"v0.mp4": "worker 1 was lost (its process stopped responding) while holding it",
+                      "v1.mp4": "not a decodable video", "v2.mp4": "worker 1 was lost (...) while holding it"}
+    said = []
+    keep_written_before_loss(cfg, tmp_path, summary, Manifest(tmp_path, {}), 8, type("Log", (), {
+        "say": lambda self, text, err=False: said.append(text)})())
+    assert summary.done == 1 and sorted(summary.failed) == ["v1.mp4", "v2.mp4"]  # v2 wrote nothing
+    assert read_manifest(tmp_path)["v0.mp4"]["status"] == "done" and len(said) == 1
