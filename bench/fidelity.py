@@ -101,7 +101,7 @@ def nvdec(videos: list[Path], ref: Path) -> dict:
             decoder.reconfigure_decoder(str(path))
         decoded = decoder.get_batch_frames(len(want))
         with torch.cuda.stream(stream):
-            batch = nv12_batch(decoded, dev)
+            batch = nv12_batch(decoded)
             h, w = want.shape[1:3]
             yy, uu, vv = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
             rgb = yuv420_to_rgb(yy[:, :h, :w], uu[:, :(h + 1) // 2, :(w + 1) // 2], vv[:, :(h + 1) // 2, :(w + 1) // 2],
@@ -109,24 +109,9 @@ def nvdec(videos: list[Path], ref: Path) -> dict:
         stream.synchronize()
         first = torch.from_dlpack(decoded[0])
         results[f"{path.name}#{k}"] = {**agreement(rgb, want), "frames": len(decoded),
-                                       "surface_shape": list(first.shape), "surface_strides": list(first.stride()),
-                                       "batch_is_view": batch.data_ptr() == first.data_ptr(),
-                                       "layout": frame_layout(decoded)}
+                                       "surface_shape": list(first.shape), "surface_strides": list(first.stride())}
     del decoder
     return results
-
-
-def frame_layout(frames) -> dict:
-    """Where PyNvVideoCodec's frames of one batch lie: the gaps between their device
-    addresses (for a batch made without one tensor per frame), and what a frame offers."""
-    ptrs = [torch.from_dlpack(f).data_ptr() for f in frames]
-    out = {"address_steps": sorted(set(b - a for a, b in zip(ptrs, ptrs[1:]))),
-           "frame_attributes": [a for a in dir(frames[0]) if not a.startswith("__")]}
-    try:
-        out["GetPtrToPlane_matches"] = [int(f.GetPtrToPlane(0)) for f in frames] == ptrs
-    except Exception as e:
-        out["GetPtrToPlane_error"] = f"{type(e).__name__}: {e}"
-    return out
 
 
 def reference(out: Path, videos: list[Path], ckpt: Path, stride: int, clip_len: int = 16) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,26 +68,12 @@ def current_context_handle(device: torch.device) -> int:
     return ctx.value
 
 
-class _Surfaces:
-    """A CUDA array interface over `count` frames of (rows, width) bytes, `step` bytes apart."""
+def where(e: BaseException) -> str:
+    """Where an exception was raised: the innermost Python frame, as file:line function."""
+    import traceback
 
-    def __init__(self, ptr: int, count: int, rows: int, width: int, step: int):
-        self.__cuda_array_interface__ = {"shape": (count, rows, width), "strides": (step, width, 1),
-                                         "typestr": "|u1", "data": (ptr, False), "version": 3}
-
-
-def evenly_spaced_runs(addresses: list, size: int) -> list:
-    """(first, count, step) for each run of addresses that advance by one step of at least
-    `size` bytes (frames that do not overlap); a frame on its own is a run of one."""
-    runs, a = [], 0
-    while a < len(addresses):
-        b = a + 1
-        step = addresses[b] - addresses[a] if b < len(addresses) else 0
-        while step >= size and b < len(addresses) and addresses[b] - addresses[b - 1] == step:
-            b += 1
-        runs.append((a, b - a, step if b - a > 1 else size))
-        a = b
-    return runs
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"at {Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else "no traceback"
 
 
 def _surface(frame) -> torch.Tensor:
@@ -95,23 +82,12 @@ def _surface(frame) -> torch.Tensor:
     return t.squeeze(-1) if t.dim() == 3 and t.shape[-1] == 1 else t
 
 
-def nv12_batch(frames, device: torch.device) -> torch.Tensor:
+def nv12_batch(frames) -> torch.Tensor:
     """The decoder's frames as one contiguous (n, rows, width) uint8 tensor, copied on the
-    current stream. PyNvVideoCodec 2.2.4 puts a batch's frames mostly 2 MiB apart, in a few
-    runs (measured on the H100, 2026-11-26): one strided view per run, not one DLPack
-    exchange per frame (each takes the GIL and makes CUDA calls, on every NVDEC thread).
-    The last frame's DLPack exchange orders the current stream after the decoder's work."""
-    last = _surface(frames[-1])
-    try:
-        addresses = [int(f.GetPtrToPlane(0)) for f in frames] if last.is_contiguous() else None
-    except (AttributeError, TypeError, RuntimeError):
-        addresses = None
-    if addresses is None or addresses[-1] != last.data_ptr():  # per frame, as DLPack gives them
-        return torch.stack([_surface(f) for f in frames[:-1]] + [last])
-    rows, width = last.shape
-    parts = [torch.as_tensor(_Surfaces(addresses[a], count, rows, width, step), device=device)
-             for a, count, step in evenly_spaced_runs(addresses, rows * width)]
-    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+    current stream; each frame's DLPack exchange orders that stream after the decoder's
+    work. (Views over several frames' surfaces at once, built from their addresses, failed
+    with "invalid argument" on 480p videos and were no faster at 720p: H100, 2026-11-26.)"""
+    return torch.stack([_surface(f) for f in frames])
 
 
 class DeviceChunk:
@@ -209,7 +185,7 @@ class NvdecSession(threading.Thread):
                 if not keep.any():
                     continue
                 with torch.cuda.stream(self.stream), torch.inference_mode():
-                    batch = nv12_batch(frames, self.device)
+                    batch = nv12_batch(frames)
                     if not keep.all():
                         batch = batch[torch.from_numpy(np.flatnonzero(keep)).to(self.device)]
                     x = self.maker.from_nv12(batch, info)
@@ -231,13 +207,12 @@ class NvdecSession(threading.Thread):
             job.decode_s += time.perf_counter() - job.t_decode
             finished = True
             put(("decoded", job))
-        except DecodeError as e:
-            if sent == 0:
-                self.source.nvdec_declined(job, str(e))
-            else:
-                put(("fail", job, str(e)))
         except Exception as e:  # a decoder bug must not take the worker down
-            put(("fail", job, f"NVDEC: {type(e).__name__}: {first_line(e)}"))
+            reason = str(e) if isinstance(e, DecodeError) else f"NVDEC: {type(e).__name__}: {first_line(e)} ({where(e)})"
+            if sent == 0:  # nothing delivered: a CPU decoder takes the video
+                self.source.nvdec_declined(job, reason)
+            else:
+                put(("fail", job, reason))
         finally:
             if not finished:
                 self._drop_decoder()

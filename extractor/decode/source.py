@@ -166,6 +166,8 @@ class FrameSource:
     def nvdec_declined(self, job, reason: str):
         """An NVDEC session could not start on the video: a CPU decoder takes it."""
         job.decoder_note = f"NVDEC declined it ({reason})"
+        self.report({"type": "warning", "video": job.name, "msg": f"NVDEC failed before its first frames ({reason}): "
+                                                                  "a CPU decoder takes it"})
         with self.session_lock:
             self.backlog.append(job)
         self._wake()
