@@ -87,3 +87,11 @@ def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     msg = text[0] if text else type(e).__name__
     return msg[:200]
+
+
+def where(e: BaseException) -> str:
+    """Where an exception was raised: its innermost Python frame, as 'at FILE:LINE FUNCTION'."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"at {frames[-1].filename}:{frames[-1].lineno} {frames[-1].name}" if frames else "no traceback"

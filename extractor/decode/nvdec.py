@@ -8,12 +8,11 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import DecodeError, first_line
+from .common import DecodeError, first_line, where
 
 # NVDEC engines per GPU (NVIDIA's Video Codec SDK support matrix); the first match of a
 # name fragment wins. Unknown GPUs count as one engine.
@@ -66,14 +65,6 @@ def current_context_handle(device: torch.device) -> int:
     if libcuda.cuCtxGetCurrent(ctypes.byref(ctx)) != 0 or not ctx.value:
         raise RuntimeError("no current CUDA context")
     return ctx.value
-
-
-def where(e: BaseException) -> str:
-    """Where an exception was raised: the innermost Python frame, as file:line function."""
-    import traceback
-
-    frames = traceback.extract_tb(e.__traceback__)
-    return f"at {Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else "no traceback"
 
 
 def _surface(frame) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from ..clips import clip_starts, needed_frames
-from .common import VideoInfo, packed_frame_bytes
+from .common import VideoInfo, packed_frame_bytes, where
 from .processes import CpuDecoder
 
 NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
@@ -199,11 +199,7 @@ class FrameSource:
         try:
             self._serve()
         except BaseException as e:  # the main thread reports it
-            import traceback
-
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            self.queue.put(("fatal", None, f"frame source: {type(e).__name__}: {e} (at {where.filename}:"
-                                           f"{where.lineno} {where.name})"))
+            self.queue.put(("fatal", None, f"frame source: {type(e).__name__}: {e} ({where(e)})"))
 
     def _serve(self):
         last_vouch = 0.0
