@@ -416,10 +416,11 @@ def keep_written_before_loss(cfg, data_path: Path, summary, manifest, width: int
     reporting it: the file is complete (writes are atomic), so the video counts as done,
     not failed, and the manifest says so."""
     from extractor.outputs import check_existing, load_features
+    from extractor.progress import LOST_WHILE_HOLDING
 
     for name, reason in list(summary.failed.items()):
         out = cfg.output_path(data_path / name)
-        if not reason.endswith("while holding it") or not out.exists() or check_existing(out, width) is not None:
+        if not reason.endswith(LOST_WHILE_HOLDING) or not out.exists() or check_existing(out, width) is not None:
             continue
         del summary.failed[name]
         summary.done += 1

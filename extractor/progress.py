@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 RUN_LOG = "run.log"
+# ends the failure reason of a video whose worker was lost while holding it (feat_extraction keeps
+# such a video as done when its features were written before the loss)
+LOST_WHILE_HOLDING = "while holding it"
 
 
 class RunLog:
@@ -238,7 +241,7 @@ class Progress:
         with self.lock:
             for rank in ranks:
                 for name in sorted(self.held.pop(rank, set())):
-                    self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} while holding it"})
+                    self._handle(rank, {"type": "failed", "video": name, "reason": f"worker {rank} {why} {LOST_WHILE_HOLDING}"})
 
     def snapshot(self) -> ProgressSnapshot:
         with self.lock:
