@@ -39,6 +39,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gets one line (not the whole usage) and exit status 2."""
 
@@ -115,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FFmpeg threads per video (default: from the load, 1 when every decoder is busy, up to 4)")
     r.add_argument("--decode_buffer_mb", type=positive_int, default=48,
                    help="shared memory per decoder process for decoded frames on their way to the GPU")
+    r.add_argument("--segment_frames", type=count_or_zero, default=1500,
+                   help="a video of twice as many frames or more (in MP4/MOV or Matroska/WebM, with a timestamp per "
+                        "frame) is decoded in segments of about this many frames, on several decoder processes at "
+                        "once, each from a keyframe (same frames, checked against the container's index); 0: never")
     r.add_argument("--overwrite", action="store_true", help="recompute videos whose feature file exists")
     r.add_argument("--decode_timeout_s", type=positive_int, default=600,
                    help="a video whose decoding makes no progress for this long is taken as hung: its worker process "
@@ -205,7 +213,8 @@ def resolve(args: argparse.Namespace, launcher=None):
         model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
         dtype=dtype, compile=compile_model, decoder=args.decoder, cpu_decoders=args.cpu_decoders or 0,
         nvdec_sessions=args.nvdec_sessions or 0, num_threads=args.num_threads or 0,
-        decode_buffer_bytes=args.decode_buffer_mb << 20, normalize=args.normalize,
+        decode_buffer_bytes=args.decode_buffer_mb << 20, segment_frames=args.segment_frames,
+        normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
         lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s, data_path=args.data_path)
     try:
@@ -290,8 +299,8 @@ def video_record(ev: dict, cfg) -> dict:
     return {"video": ev["video"], "status": "done", "path": ev["path"],
             "feature_file": str(feature_relpath(ev["video"], cfg.prefix, cfg.suffix, cfg.ext)),
             "frames": ev["frames"], "fps": ev["fps"], "num_clips": ev["clips"], "shape": [ev["clips"], ev["width"]],
-            "video_decoder": ev["decoder"], "rotation_applied": ev["rotation"],
-            "seconds": round(ev["wall_s"], 3)}
+            "video_decoder": ev["decoder"], **({"decoder_note": ev["decoder_note"]} if ev.get("decoder_note") else {}),
+            "rotation_applied": ev["rotation"], "seconds": round(ev["wall_s"], 3)}
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,17 @@ def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarr
     if not starts:
         return np.zeros(0, dtype=np.int64)
     if len(starts) == 1 or starts[1] - starts[0] <= clip_len:  # windows touch or overlap
-        return np.arange(min(starts[-1] + clip_len, num_frames), dtype=np.int64)
+        return np.arange(min(starts[0], num_frames - 1), min(starts[-1] + clip_len, num_frames), dtype=np.int64)
     idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(clip_len)
     return np.unique(np.minimum(idx, num_frames - 1))
+
+
+def segment_clips(starts: list[int], clip_len: int, segment_frames: int) -> list[tuple[int, int]]:
+    """A long video's clips in runs [first, end) of about `segment_frames` frames each,
+    as even as whole clips allow: the segments that decoders take apart."""
+    if not starts:
+        return []
+    span = starts[-1] + clip_len - starts[0]
+    parts = max(1, min(len(starts), -(-span // max(1, segment_frames))))
+    bounds = np.linspace(0, len(starts), parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]

@@ -18,7 +18,7 @@ import torch
 from .backbones import Backbone, BackboneOptions, open_backbone
 from .decode.common import VideoInfo
 from .decode.processes import process_pss_bytes
-from .decode.source import DecodePlan, FrameSource
+from .decode.source import HELD_SECONDS, START_CLIPS, DecodePlan, FrameSource
 from .datasets import feature_relpath, video_name
 from .outputs import save_features
 from .video import COMPILED_CALLS, ClipAssembler, InputMaker
@@ -48,6 +48,7 @@ class RunConfig:
     num_threads: int = 0  # FFmpeg threads per video; 0: from the load
     decode_buffer_bytes: int = 48 << 20  # shared buffer per decoder process
     chunk_frames: int = 32  # frames per decoded chunk, at most
+    segment_frames: int = 1500  # a video of twice as many frames or more is decoded in segments (0: never)
     normalize: Optional[str] = None  # None: the backbone's default
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
     prefix: str = ""
@@ -95,6 +96,23 @@ class VideoJob:
     t_claimed: float = field(default_factory=time.perf_counter)
     t_claim: float = 0.0  # monotonic time of the claim (the frame source paces claims with it)
     t_decode: float = 0.0
+    launched: int = 0  # clips of it given to the model so far
+    abandoned: bool = False  # a decoder died holding it (or one of its segments)
+    # A long video is decoded in segments: each is a VideoJob of its own for the frame
+    # source and the clip assembler, with `root` its video and its features rows of the
+    # video's from `first_clip` on; the video lists them in `parts`.
+    parts: list = field(default_factory=list)
+    root: Optional["VideoJob"] = None
+    first_clip: int = 0
+    start: Optional[tuple] = None  # a segment's keyframe and timestamps (FrameIndex.start_of)
+
+    @property
+    def video(self) -> "VideoJob":
+        return self.root or self
+
+    def complete(self) -> bool:
+        """Every clip of the video decoded and its features back from the model."""
+        return all(part.decoded and part.filled == len(part.starts) for part in (self.parts or [self]))
 
 
 def plan_decoding(cfg: RunConfig, device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
@@ -111,7 +129,8 @@ def plan_decoding(cfg: RunConfig, device: torch.device, cpu_budget: int, gpu_nam
     cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
     return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
                       cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
-                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions))
+                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions),
+                      segment_frames=cfg.segment_frames)
 
 
 class Saver:
@@ -237,6 +256,31 @@ class Engine:
         return torch.cat(outs), seconds
 
 
+class ClaimPace:
+    """Keeps the frame source's count of the clips this worker holds (opened, not yet run
+    by the model) and its budget: HELD_SECONDS of the model's rate, measured since its
+    first batch, once it has run for a few seconds."""
+
+    def __init__(self, source: FrameSource):
+        self.source, self.t0, self.clips = source, 0.0, 0
+
+    def opened(self, clips: int):
+        self.source.clips_held += clips
+
+    def dropped(self, clips: int):
+        self.source.clips_held -= clips
+
+    def launched(self, clips: int):
+        self.source.clips_held -= clips
+        now = time.perf_counter()
+        if not self.t0:
+            self.t0 = now
+            return
+        self.clips += clips
+        if now - self.t0 > 3.0:
+            self.source.clip_budget = max(START_CLIPS, int(self.clips / (now - self.t0) * HELD_SECONDS))
+
+
 class MemoryWatch(threading.Thread):
     """Samples, every 3 seconds, the memory of this worker and its decoder processes together
     (proportional set size, so shared buffers count once) and keeps the peak."""
@@ -288,34 +332,43 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch
     in_flight: list = []  # submitted batches whose features are not back yet
 
-    def finish_if_complete(job: VideoJob):
-        if not job.failed and job.decoded and job.features is not None and job.filled == len(job.starts):
-            saver.put(job)
+    def finish_if_complete(video: VideoJob):
+        if not video.failed and video.features is not None and video.complete():
+            saver.put(video)
 
     def collect(batch):
         owners, handles = batch
         feats, seconds = engine.result(handles)
         for row, (job, num) in enumerate(owners):
-            if not job.failed:
+            if not job.video.failed:
                 job.features[num] = feats[row].numpy()
                 job.filled += 1
-                job.model_s += seconds / len(owners)
-        for job in {id(j): j for j, _ in owners}.values():
-            finish_if_complete(job)
+                job.video.model_s += seconds / len(owners)
+        for video in {id(j.video): j.video for j, _ in owners}.values():
+            finish_if_complete(video)
+
+    pace = ClaimPace(source)
 
     def launch(final: bool):
         nonlocal pending
         while len(pending) >= engine.batch or (final and pending):
             take, pending = pending[:engine.batch], pending[engine.batch:]
-            take = [(job, num, clip) for job, num, clip in take if not job.failed]
+            take = [(job, num, clip) for job, num, clip in take if not job.video.failed]
             if not take:
                 continue
             in_flight.append(([(job, num) for job, num, _ in take], engine.submit([clip for _, _, clip in take])))
+            for job, _, _ in take:
+                job.video.launched += 1
+            pace.launched(len(take))
             while len(in_flight) > 1:  # keep one batch queued on the device, collect the one before
                 collect(in_flight.pop(0))
 
-    def drop(job: VideoJob):
-        job.failed, job.assembler = True, None
+    def drop(video: VideoJob):
+        if not video.failed:
+            pace.dropped(len(video.starts) - video.launched)
+        video.failed, video.assembler = True, None
+        for part in video.parts:
+            part.assembler = None
 
     try:
         while True:
@@ -326,15 +379,18 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             if kind == "fatal":
                 raise RuntimeError(event[2])
             if kind == "open":
-                job.assembler = ClipAssembler(job.starts, cfg.clip_len, job.info.num_frames)
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
+                pace.opened(len(job.starts))
+                for part in job.parts or [job]:
+                    part.assembler = ClipAssembler(part.starts, cfg.clip_len, job.info.num_frames)
+                    part.features = job.features[part.first_clip:part.first_clip + len(part.starts)]
                 if job.info.num_frames < cfg.clip_len:
                     report({"type": "warning", "video": job.name,
                             "msg": f"{job.info.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
                                    "one clip padded with its last frame"})
             elif kind == "frames":
                 chunk = event[3]
-                if job.failed:
+                if job.video.failed:
                     chunk.discard()
                     continue
                 with torch.inference_mode():
@@ -344,16 +400,19 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 launch(final=False)
             elif kind == "decoded":
                 job.decoded = True
+                if job.video.failed:
+                    continue
                 if not job.assembler.done:
                     report({"type": "failed", "video": job.name,
-                            "reason": f"decoder returned too few frames ({job.assembler.next_clip} of "
-                                      f"{len(job.starts)} clips)"})
-                    drop(job)
+                            "reason": f"decoder returned too few frames ({job.first_clip + job.assembler.next_clip} "
+                                      f"of {len(job.video.starts)} clips)"})
+                    drop(job.video)
                 job.assembler = None
-                finish_if_complete(job)
+                finish_if_complete(job.video)
             elif kind == "fail":
-                drop(job)
-                report({"type": "failed", "video": job.name, "reason": event[2]})
+                if not job.video.failed:
+                    report({"type": "failed", "video": job.name, "reason": event[2]})
+                drop(job.video)
             elif kind == "abandon":  # its decoder died; the supervisor decides what happens to it
                 drop(job)
         launch(final=True)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -61,15 +62,16 @@ def free_port() -> int:
 
 
 def write_frames(path: Path, frames, fps: int = 30, codec: str = "libx264", pix_fmt: str = "yuv420p",
-                 pts_ms=None, rotation: int = 0):
+                 pts_ms=None, rotation: int = 0, options: Optional[dict] = None):
     """Encodes uint8 RGB frames (n, H, W, 3) with PyAV: optional per-frame timestamps in
-    milliseconds (a variable frame rate) and a display rotation (degrees counterclockwise)."""
+    milliseconds (a variable frame rate), a display rotation (degrees counterclockwise) and
+    encoder options (such as the keyframe interval)."""
     import fractions
 
     import av
 
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt
         if pts_ms is not None:

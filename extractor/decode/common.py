@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 
 class DecodeError(Exception):
     """A video that cannot be decoded; the message is the reason shown to the user."""
@@ -41,6 +43,24 @@ class VideoInfo:
         """(height, width) of the frames as decoded, before the display rotation."""
         return (self.width, self.height) if self.turns % 2 else (self.height, self.width)
 
+
+@dataclass
+class FrameIndex:
+    """Where a video's frames are, read from its packets without decoding: frame i is the
+    packet with the i-th smallest presentation timestamp (decord's numbering, and the
+    order of decoding from the start on a clean file), and the keyframes a decoder can
+    start from. Only made for files where every packet has its own timestamp."""
+    pts: np.ndarray  # int64, increasing: frame i's presentation timestamp
+    keyframes: np.ndarray  # int64, increasing: keyframes' presentation timestamps
+
+    def start_of(self, first: int, last: int) -> Optional[tuple[int, np.ndarray]]:
+        """How a decoder reaches frames first..last: (the timestamp of the last keyframe at
+        or before frame `first`, the timestamps of frames first..last, which it checks every
+        frame against), or None when that keyframe is the first one (decode from the start)."""
+        at = int(np.searchsorted(self.keyframes, self.pts[first], side="right")) - 1
+        if at <= 0 or self.keyframes[at] <= self.pts[0]:
+            return None
+        return int(self.keyframes[at]), self.pts[first:last + 1].copy()
 
 
 def packed_frame_bytes(height: int, width: int, colour) -> int:

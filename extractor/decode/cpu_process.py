@@ -6,10 +6,15 @@ them straight out of it). Started by decode.processes as
 
 It never imports torch (a decoder costs tens of MB, not a CUDA runtime). Messages, both
 ways over the socket, are tuples:
-  worker -> here: ("video", vid, path, clip_len, stride, threads, chunk_frames, fault), ("probe", vid, path),
-                  ("free", offset), ("stop",)
-  here -> worker: ("open", vid, VideoInfo), ("chunk", vid, offset, frames, indices), ("done", vid),
-                  ("fail", vid, reason), ("probed", vid, VideoInfo or None, reason)
+  worker -> here: ("video", vid, path, clip_len, stride, threads, chunk_frames, fault, split),
+                  ("segment", vid, path, indices, threads, chunk_frames, fault, start),
+                  ("probe", vid, path, split), ("free", offset), ("stop",)
+  here -> worker: ("open", vid, VideoInfo, note), ("split", vid, VideoInfo, FrameIndex),
+                  ("chunk", vid, offset, indices, colour), ("note", vid, text), ("done", vid),
+                  ("fail", vid, reason), ("probed", vid, VideoInfo or None, reason, FrameIndex or None)
+A video of at least 2 x `split` frames (0: never) whose packets number its frames exactly
+is not decoded but answered with "split": the worker hands its segments out as "segment"s
+(the frames `indices`, reached from a keyframe with `start`, FrameIndex.start_of).
 A chunk is len(indices) packed frames at `offset`: per frame the Y, U, V planes, to be
 converted to RGB with `colour` (decode.color), or H x W x 3 RGB bytes when colour is None. The worker gives regions back in the order it got them."""
 
@@ -28,7 +33,7 @@ import numpy as np
 
 from ..clips import clip_starts, needed_frames
 from .common import DecodeError, first_line, packed_frame_bytes
-from .readers import READERS
+from .readers import READERS, frame_index
 
 
 class Stopped(Exception):
@@ -84,20 +89,23 @@ class DecoderProcess:
                     self.probe(*msg[1:])
                 elif msg[0] == "video":
                     self.decode(*msg[1:])
+                elif msg[0] == "segment":
+                    self.decode_segment(*msg[1:])
             except Stopped:
                 return
 
-    def probe(self, vid, path):
+    def probe(self, vid, path, split=0):
         try:
             reader = READERS["pyav"](Path(path), 1, True)
         except DecodeError as e:
-            self.conn.send(("probed", vid, None, str(e)))
+            self.conn.send(("probed", vid, None, str(e), None))
             return
         except Exception as e:  # a reader bug must not end the process
-            self.conn.send(("probed", vid, None, f"{type(e).__name__}: {first_line(e)}"))
+            self.conn.send(("probed", vid, None, f"{type(e).__name__}: {first_line(e)}", None))
             return
-        self.conn.send(("probed", vid, reader.info, ""))
         reader.close()
+        index, why = splittable(path, reader.info, split)
+        self.conn.send(("probed", vid, reader.info, why, index))
 
     def wait_for_space(self, nbytes: int) -> int:
         while True:
@@ -114,7 +122,31 @@ class DecoderProcess:
     def send_chunk(self, vid, offset: int, got: list, colour):
         self.conn.send(("chunk", vid, offset, np.asarray(got, dtype=np.int64), colour))
 
-    def decode(self, vid, path, clip_len, stride, threads, chunk_frames, fault):
+    def decode(self, vid, path, clip_len, stride, threads, chunk_frames, fault, split=0):
+        def frames(reader):
+            info = reader.info
+            index, note = splittable(path, info, split if self.reader == "pyav" else 0)
+            if index is not None:
+                self.conn.send(("split", vid, info, index))
+                return None
+            self.conn.send(("open", vid, info, note))
+            injected_fault(fault)
+            return reader.frames(needed_frames(clip_starts(info.num_frames, clip_len, stride), clip_len,
+                                               info.num_frames))
+
+        self.deliver(vid, path, threads, chunk_frames, frames)
+
+    def decode_segment(self, vid, path, indices, threads, chunk_frames, fault, start):
+        def frames(reader):
+            injected_fault(fault)
+            return reader.frames(indices, start)
+
+        self.deliver(vid, path, threads, chunk_frames, frames)
+
+    def deliver(self, vid, path, threads, chunk_frames, frames_of):
+        """Opens the video, and writes the frames `frames_of(reader)` yields into the buffer,
+        a chunk at a time ("chunk" messages), then "done"; "fail" with the reason when it
+        cannot. frames_of may return None: nothing to decode (the video was split)."""
         reader, pending = None, None
         try:
             reader = READERS[self.reader](Path(path), threads, True)
@@ -123,13 +155,13 @@ class DecoderProcess:
             if largest > len(self.buffer):
                 raise DecodeError(f"a {info.width}x{info.height} frame ({largest / 2**20:.0f} MiB in RGB) does not "
                                   f"fit the decoder's {len(self.buffer) / 2**20:.0f} MiB buffer (--decode_buffer_mb)")
-            self.conn.send(("open", vid, info))
-            injected_fault(fault)
-            indices = needed_frames(clip_starts(info.num_frames, clip_len, stride), clip_len, info.num_frames)
+            frames = frames_of(reader)
+            if frames is None:
+                return
             # Frames travel in chunks of one kind: packed YUV with one colour conversion, or
             # RGB; a frame of another kind (a stream may change) starts a new chunk.
             chunk, kind, got, offset = 0, None, [], 0
-            for i, planes, colour in reader.frames(indices):
+            for i, planes, colour in frames:
                 if got and colour != kind:
                     self.send_chunk(vid, offset, got, kind)
                     got, pending = [], None
@@ -149,6 +181,8 @@ class DecoderProcess:
             if got:
                 self.send_chunk(vid, offset, got, kind)
                 pending = None
+            if getattr(reader, "fell_back", ""):
+                self.conn.send(("note", vid, reader.fell_back))
             self.conn.send(("done", vid))
         except DecodeError as e:
             self.conn.send(("fail", vid, str(e)))
@@ -161,6 +195,15 @@ class DecoderProcess:
                 self.ring.out.pop()
             if reader is not None:
                 reader.close()
+
+
+def splittable(path, info, split: int):
+    """(FrameIndex, '') for a video to decode in segments: at least 2 x `split` frames and
+    packets that number its frames exactly; else (None, why not: '' for a short video)."""
+    if not split or info.num_frames < 2 * split:
+        return None, ""
+    index, why = frame_index(Path(path), info.num_frames)
+    return index, (f"not split into segments: {why}" if index is None else "")
 
 
 def injected_fault(fault):

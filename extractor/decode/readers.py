@@ -6,12 +6,12 @@ layout (the GPU converts them to RGB exactly as FFmpeg would), or one RGB array.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from .color import gpu_conversion
-from .common import DecodeError, VideoInfo, check_readable, first_line, quarter_turns
+from .common import DecodeError, FrameIndex, VideoInfo, check_readable, first_line, quarter_turns
 
 
 def plane_array(plane, height: int, width: int) -> np.ndarray:
@@ -45,7 +45,8 @@ class PyAVReader:
 
     def __init__(self, path: Path, threads: int = 1, gpu_colour: bool = True):
 
-        self.path = path
+        self.path, self.threads = path, threads
+        self.fell_back = ""  # why a seek was given up for decoding from the start ('' if it was not)
         check_readable(path)
         import av
 
@@ -85,10 +86,12 @@ class PyAVReader:
                               codec=stream.codec_context.name, pix_fmt=first.format.name,
                               interlaced=bool(getattr(first, "interlaced_frame", False)))
 
-    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, tuple, object]]:
+    def frames(self, indices: np.ndarray, start=None) -> Iterator[tuple[int, tuple, object]]:
         """(i, planes, colour) for the frames in `indices` (sorted), once: (Y, U, V) views
         valid until the next frame, with the YUV->RGB conversion that reproduces FFmpeg's
-        for it, or ((H, W, 3) RGB converted here, None) when the GPU cannot reproduce it."""
+        for it, or ((H, W, 3) RGB converted here, None) when the GPU cannot reproduce it.
+        `start`: FrameIndex.start_of(indices[0], indices[-1]), to begin at a keyframe
+        instead of the first frame (a segment of a long video)."""
         if self._first is None:
             raise DecodeError("frames() can be read once per reader")
         first, self._first = self._first, None
@@ -108,6 +111,8 @@ class PyAVReader:
             yield first
             yield from self._decoded
 
+        if start is not None:
+            return forward_frames(indices, self.info, self._seeking_read(int(indices[0]), *start), convert)
         frames, position = decoded(), 0
 
         def read(want: int):
@@ -119,6 +124,63 @@ class PyAVReader:
                     return frame
 
         return forward_frames(indices, self.info, read, convert)
+
+    def _seeking_read(self, first: int, keyframe_pts: int, pts: np.ndarray):
+        """read(i) for frames first.. after a seek to the keyframe: frame i is the one whose
+        timestamp is pts[i - first], and every frame is checked to be the next one. A seek
+        that lands past the first frame, or frames out of step with the index (a frame
+        dropped or without a timestamp), fall back to decoding from the start, counting
+        frames as the plain path does, from the first frame not yet delivered."""
+        stream = self.container.streams.video[0]
+        seeked = None
+        expect = first  # the frame the next decoded one must be
+        counting = None  # after a fallback: (frames from the start, frames read so far)
+
+        def out_of_step(why: str):
+            nonlocal counting
+            self.fell_back = f"decoding from the start from frame {expect}: {why}"
+            self.close()
+            import av
+
+            self.container = av.open(str(self.path))
+            fresh = self.container.streams.video[0]
+            fresh.thread_type, fresh.thread_count = "AUTO", self.threads
+            counting = [self._demuxed(fresh), 0]
+
+        def read(want: int):
+            nonlocal seeked, expect
+            if counting is None:
+                try:
+                    if seeked is None:
+                        self.container.seek(keyframe_pts, backward=True, any_frame=False, stream=stream)
+                        stream.codec_context.flush_buffers()
+                        seeked = self._demuxed(stream)
+                    for frame in seeked:
+                        if frame.pts is None:
+                            out_of_step("a frame without a timestamp")
+                            break
+                        if expect == first and frame.pts < pts[0]:
+                            continue  # from the keyframe up to the segment
+                        if frame.pts != pts[expect - first]:
+                            out_of_step(f"timestamp {frame.pts}, the index says {pts[expect - first]}")
+                            break
+                        expect += 1
+                        if expect - 1 == want:
+                            return frame
+                    else:
+                        out_of_step("the stream ended")
+                except DecodeError:
+                    raise
+                except Exception as e:  # the seek itself failed
+                    if counting is None:
+                        out_of_step(first_line(e))
+            while True:
+                frame = next(counting[0])
+                counting[1] += 1
+                if counting[1] - 1 == want:
+                    return frame
+
+        return read
 
     def _demuxed(self, stream):
         for packet in self.container.demux(stream):
@@ -189,6 +251,46 @@ class DecordReader:
 
     def close(self):
         self.reader = None
+
+
+SEEKABLE_FORMATS = {"mov", "mp4", "matroska", "webm"}
+
+
+def frame_index(path: Path, num_frames: int) -> tuple[Optional[FrameIndex], str]:
+    """The video's FrameIndex, read from its packets (no decoding), or (None, why not) when
+    its packets cannot number its frames exactly (a packet without a timestamp, two with
+    the same, packets the demuxer marks to discard, a count that is not the container's
+    frame count, fewer than two keyframes) or its container is not one that FFmpeg seeks
+    in by an index of its frames (MP4/MOV and Matroska/WebM: seeks in MPEG-TS landed past
+    the keyframe asked for, so every segment decoded from the start)."""
+    import av
+
+    pts, keys = [], []
+    try:
+        with av.open(str(path)) as container:
+            if not any(name in SEEKABLE_FORMATS for name in container.format.name.split(",")):
+                return None, f"{container.format.name} container"
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's end-of-stream packet
+                    continue
+                if packet.pts is None:
+                    return None, "a packet without a timestamp"
+                if packet.is_discard or packet.is_corrupt:
+                    return None, "packets marked discard or corrupt"
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+    except Exception as e:
+        return None, f"its packets could not be read ({first_line(e)})"
+    order = np.sort(np.asarray(pts, dtype=np.int64))
+    if len(order) != num_frames:
+        return None, f"{len(order)} packets for {num_frames} frames"
+    if len(order) > 1 and (np.diff(order) <= 0).any():
+        return None, "two packets with one timestamp"
+    if len(keys) < 2:
+        return None, "fewer than two keyframes"
+    return FrameIndex(order, np.unique(np.asarray(keys, dtype=np.int64))), ""
 
 
 READERS = {"pyav": PyAVReader, "decord": DecordReader}

@@ -3,12 +3,15 @@ worker's claims, all delivering chunks of frames to one queue that the worker's 
 thread reads.
 
 Events on `queue` (what the main thread sees):
-  ("open", job)                   the video is open: job.info says what it is
-  ("frames", job, indices, chunk) frames `indices` of the video; chunk.to_input(...) makes them model input
-  ("decoded", job)                every frame the clips need has been delivered
-  ("fail", job, reason)           the video cannot be decoded
+  ("open", job)                   the video is open: job.info says what it is, job.parts its segments
+  ("frames", job, indices, chunk) frames `indices` of the video (or of one of its segments: job.root
+                                  is the video); chunk.to_input(...) makes them model input
+  ("decoded", job)                every frame the clips of the video (or segment) need has been delivered
+  ("fail", job, reason)           the video (or a segment, and so the video) cannot be decoded
   ("abandon", job)                its decoder died: drop it (the supervisor tries it again or records it)
   ("exit", None)                  nothing left to decode
+A long video is decoded in segments, each a run of its clips, on several decoder processes
+at once (see Segment); its features are the same as in one piece.
 One thread here (`_serve`) claims videos for idle decoders, reads what the decoder
 processes send, restarts one that dies, kills one that hangs and tells the supervisor that
 decoding moves; another gives buffer space back once the GPU has copied it."""
@@ -25,12 +28,17 @@ from typing import Callable, Optional
 
 import torch
 
-from ..clips import clip_starts, needed_frames
-from .common import VideoInfo, packed_frame_bytes, where
+from ..clips import clip_starts, needed_frames, segment_clips
+from .common import FrameIndex, VideoInfo, packed_frame_bytes, where
 from .processes import CpuDecoder
 
 NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
 STARTING = 4  # videos a worker may have claimed and not yet seen frames of
+# Clips a worker holds (claimed, not yet run by the model): at most its model's rate times
+# HELD_SECONDS, or START_CLIPS before the rate is known. With the queue longest first,
+# workers that top their holdings up to the same horizon run out of work together.
+HELD_SECONDS = 8.0
+START_CLIPS = 1024
 
 
 @dataclass
@@ -45,11 +53,18 @@ class DecodePlan:
     chunk_frames: int = 32  # frames per chunk, at most
     prefetch: int = 3  # chunks an NVDEC session may have waiting for the main thread
     cpu_claims: bool = True  # False: the processes decode only what NVDEC declines (--decoder nvdec)
+    segment_frames: int = 1500  # videos of twice as many frames or more are decoded in segments (0: never)
 
     def describe(self) -> str:
         threads = self.cpu_threads or "auto"
         cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
-        return cpu + (f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else "")
+        nvdec = f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else ""
+        return cpu + nvdec + (f", segments of {self.segment_frames} frames" if self.split_frames else "")
+
+    @property
+    def split_frames(self) -> int:
+        """Segment length asked of the decoder processes (only the PyAV reader seeks)."""
+        return self.segment_frames if self.reader == "pyav" else 0
 
 
 class HostChunk:
@@ -85,6 +100,8 @@ class FrameSource:
         self.jobs: dict[int, object] = {}  # vid -> job, for the jobs in a decoder process (or its prober)
         self.starting: list = []  # claimed less than a second ago, no frames delivered yet
         self.next_vid = 0
+        self.clips_held = 0  # clips of open videos the model has not run yet (the main thread counts them)
+        self.clip_budget = START_CLIPS  # the most clips to hold (the main thread sets it from its rate)
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
@@ -240,8 +257,10 @@ class FrameSource:
         would only wait here, held from the other GPUs) or STARTING videos claimed less than a
         second ago have not delivered their first frames yet (they may be all that was
         missing). So a worker holds about as many videos as it takes to feed its GPU, not
-        one per decoder (at start-up, before its model is ready, a few)."""
-        if self.exhausted or not self._short_of_frames():
+        one per decoder (at start-up, before its model is ready, a few); and never more
+        clips than `clip_budget`, so that at the end of the queue no GPU is left holding
+        much more work than the others."""
+        if self.exhausted or not self._short_of_frames() or self.clips_held >= self.clip_budget:
             return None
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
@@ -271,10 +290,14 @@ class FrameSource:
             busy = sum(x.job is not None for x in self.cpu) + 1
             threads = self.plan.cpu_threads or max(1, min(4, self.plan.cpu_budget // busy))
             d.job, d.last_moved, job.t_decode = job, time.monotonic(), time.perf_counter()
-            job.decoder = d.reader
             self.jobs[job.vid] = job
+            if job.root is not None:
+                d.send(("segment", job.vid, str(job.path), job.needed, threads, self.plan.chunk_frames, job.fault,
+                        job.start))
+                continue
+            job.decoder = d.reader
             d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
-                    job.fault))
+                    job.fault, self.plan.split_frames))
         while self.prober is not None:
             with self.session_lock:
                 free = len(self.free_sessions) - len(self.probing)
@@ -286,7 +309,7 @@ class FrameSource:
                 break
             self.probing.append(job)
             self.jobs[job.vid] = job
-            self.prober.send(("probe", job.vid, str(job.path)))
+            self.prober.send(("probe", job.vid, str(job.path), self.plan.split_frames))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
 
@@ -304,25 +327,53 @@ class FrameSource:
             if job is None:
                 continue
             if kind == "open":
+                job.decoder_note = msg[3]
                 self._opened(job, msg[2])
+            elif kind == "split":
+                d.job = None
+                self.jobs.pop(job.vid, None)
+                self._opened(job, msg[2], msg[3])
             elif kind == "chunk":
                 indices = msg[3]
                 d.held += 1
                 job.frames_done += len(indices)
+                if job.root is not None:
+                    job.root.frames_done += len(indices)
                 self.queue.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
+            elif kind == "note":
+                video = job.root or job
+                video.decoder_note = "; ".join(filter(None, [video.decoder_note, msg[2]]))
             elif kind == "done":
-                job.decode_s += time.perf_counter() - job.t_decode
+                (job.root or job).decode_s += time.perf_counter() - job.t_decode
                 self._end(d, job, ("decoded", job))
             elif kind == "fail":
                 self._end(d, job, ("fail", job, msg[2]))
             elif kind == "probed":
-                self._probed(job, msg[2], msg[3])
+                self._probed(job, *msg[2:])
 
-    def _opened(self, job, info: VideoInfo):
+    def _opened(self, job, info: VideoInfo, index: Optional[FrameIndex] = None):
         job.info = info
         job.starts = clip_starts(info.num_frames, self.clip_len, self.stride)
         job.needed = needed_frames(job.starts, self.clip_len, info.num_frames)
+        if index is not None:
+            self._split(job, index)
         self.queue.put(("open", job))
+
+    def _split(self, job, index: FrameIndex):
+        """Makes the video's segments (job.parts) and puts them first in the backlog, in
+        order, for the CPU decoder processes."""
+        for first, end in segment_clips(job.starts, self.clip_len, self.plan.segment_frames):
+            part = self.new_job(job.path)
+            part.root, part.first_clip, part.info, part.fault = job, first, job.info, job.fault
+            part.vid, self.next_vid = self.next_vid, self.next_vid + 1
+            part.starts = job.starts[first:end]
+            part.needed = needed_frames(part.starts, self.clip_len, job.info.num_frames)
+            part.start = index.start_of(int(part.needed[0]), int(part.needed[-1]))
+            job.parts.append(part)
+        job.decoder = "pyav"
+        job.decoder_note = f"{len(job.parts)} segments"
+        with self.session_lock:
+            self.backlog[0:0] = job.parts
 
     def _end(self, d: CpuDecoder, job, event):
         d.job = None
@@ -332,13 +383,16 @@ class FrameSource:
             self.starting.remove(job)
         self.queue.put(event)
 
-    def _probed(self, job, info: Optional[VideoInfo], reason: str):
+    def _probed(self, job, info: Optional[VideoInfo], reason: str, index: Optional[FrameIndex]):
         self.probing.remove(job)
         self.jobs.pop(job.vid, None)
         if info is None:
             if job in self.starting:
                 self.starting.remove(job)
             self.queue.put(("fail", job, reason))
+            return
+        if index is not None:  # long: CPU processes decode it in segments
+            self._opened(job, info, index)
             return
         why = nvdec_cannot(info)
         with self.session_lock:
@@ -360,8 +414,14 @@ class FrameSource:
             self.probing.clear()
         for job in filter(None, held):
             self.jobs.pop(job.vid, None)
-            self.report({"type": "decoder_died", "video": job.name, "why": why})
-            self.queue.put(("abandon", job))
+            video = job.root or job
+            if video.abandoned:  # another of its segments' decoders died first
+                continue
+            video.abandoned = True
+            with self.session_lock:  # its segments not started yet go too
+                self.backlog = [j for j in self.backlog if (j.root or j) is not video]
+            self.report({"type": "decoder_died", "video": video.name, "why": why})
+            self.queue.put(("abandon", video))
         self.exhausted = False  # the supervisor may give those videos back
         self.retired.append(d)
         self.failures_in_a_row += 1
@@ -385,8 +445,9 @@ class FrameSource:
                 d.process.kill()
                 continue
             for job in ([d.job] if d is not self.prober else self.probing):
-                self.report({"type": "progress", "video": job.name, "frames": job.frames_done,
-                             "total": len(job.needed) if job.needed is not None else 0})
+                video = job.root or job
+                self.report({"type": "progress", "video": video.name, "frames": video.frames_done,
+                             "total": len(video.needed) if video.needed is not None else 0})
 
 
 def nvdec_cannot(info: VideoInfo) -> str:

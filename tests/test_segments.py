@@ -1,0 +1,170 @@
+"""Long videos decoded in segments: each segment starts at a keyframe, its frames are
+numbered by the container's index and checked against it, and the features are those of
+the video decoded in one piece."""
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, synthetic_frames, tiny_args, write_frames
+from extractor.clips import clip_starts, needed_frames, segment_clips
+from extractor.decode.readers import PyAVReader, frame_index
+from extractor.outputs import read_manifest
+
+# Encodings whose decoders keep state across frames in different ways: B-frames with
+# closed GOPs, open GOPs (frames after a keyframe that refer back past it), HEVC.
+ENCODINGS = {
+    "closed.mp4": ("libx264", {"g": "24", "bf": "3"}),
+    "open_gop.mp4": ("libx264", {"x264-params": "keyint=24:open-gop=1:bframes=3:b-pyramid=normal"}),
+    "hevc.mp4": ("libx265", {"x265-params": "keyint=20:open-gop=1:bframes=4:log-level=error"}),
+}
+
+
+def planes_of(path, indices, start=None):
+    reader = PyAVReader(path, 2, True)
+    try:
+        frames = {i: np.concatenate([p.ravel() for p in planes]).copy() for i, planes, _ in reader.frames(indices, start)}
+        return frames, reader.fell_back
+    finally:
+        reader.close()
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("segments")
+    frames = synthetic_frames(150, 48, 64)
+    for name, (codec, options) in ENCODINGS.items():
+        write_frames(d / name, frames, codec=codec, options=options)
+    rng = np.random.default_rng(3)  # a variable frame rate: gaps of 20 to 60 ms
+    write_frames(d / "vfr.mp4", frames, pts_ms=np.cumsum(rng.integers(20, 60, len(frames))) - 20,
+                 options={"g": "24", "bf": "2"})
+    write_frames(d / "stream.ts", frames, options={"g": "24"})
+    write_frames(d / "rotated.mp4", frames, rotation=-90, options={"g": "24", "bf": "2"})
+    write_frames(d / "hevc10.mp4", frames, codec="libx265", pix_fmt="yuv420p10le",
+                 options={"x265-params": "keyint=24:log-level=error"})
+    return d
+
+
+@pytest.mark.parametrize("name", [*ENCODINGS, "vfr.mp4", "rotated.mp4", "hevc10.mp4"])
+def test_a_segment_has_the_frames_of_a_decoding_from_the_start(encoded, name):
+    """Every frame of segments that begin anywhere (on a keyframe, just after one, in the
+    last GOP) is the frame of the same number decoded from the start, byte for byte, and
+    no seek fell back to decoding from the start."""
+    path = encoded / name
+    n = PyAVReader(path).info.num_frames
+    index, why = frame_index(path, n)
+    assert index is not None, why
+    assert len(index.keyframes) >= 5 and len(index.pts) == n
+    whole, _ = planes_of(path, np.arange(n))
+    seeks = 0
+    for first in [1, 23, 24, 25, 47, 70, 96, 121, n - 17]:
+        last = min(n - 1, first + 30)
+        start = index.start_of(first, last)
+        seeks += start is not None
+        got, fell_back = planes_of(path, np.arange(first, last + 1, 2), start)
+        assert fell_back == ""
+        assert sorted(got) == list(range(first, last + 1, 2))
+        for i, frame in got.items():
+            assert np.array_equal(frame, whole[i]), (name, first, i)
+    assert seeks >= 7
+
+
+def test_frames_out_of_step_with_the_index_fall_back_to_decoding_from_the_start(encoded):
+    """A seek that would give the wrong frame numbers (the index shifted by one) is caught
+    on the first frame: the segment is decoded from the start instead, with the same frames."""
+    path = encoded / "closed.mp4"
+    n = PyAVReader(path).info.num_frames
+    index, _ = frame_index(path, n)
+    keyframe, pts = index.start_of(60, 90)
+    whole, _ = planes_of(path, np.arange(91))
+    got, fell_back = planes_of(path, np.arange(60, 91), (keyframe, pts + 1))
+    assert "decoding from the start from frame 60" in fell_back
+    assert all(np.array_equal(got[i], whole[i]) for i in range(60, 91))
+
+
+def test_only_files_whose_packets_number_their_frames_are_split(encoded, tmp_path):
+    path = encoded / "stream.ts"
+    assert frame_index(path, PyAVReader(path).info.num_frames) == (None, "mpegts container")
+    one_keyframe = tmp_path / "one_keyframe.mp4"
+    write_frames(one_keyframe, synthetic_frames(40, 48, 64), options={"g": "1000"})
+    assert frame_index(one_keyframe, 40) == (None, "fewer than two keyframes")
+    assert frame_index(encoded / "closed.mp4", 149)[1] == "150 packets for 149 frames"
+
+
+@pytest.mark.parametrize("n, clip_len, stride, size", [(9000, 16, 4, 1500), (9000, 16, 16, 1500), (3001, 16, 4, 1500),
+                                                        (400, 16, 4, 40), (100, 16, 32, 30)])
+def test_segments_cover_every_clip_once_in_even_runs(n, clip_len, stride, size):
+    starts = clip_starts(n, clip_len, stride)
+    parts = segment_clips(starts, clip_len, size)
+    assert parts[0][0] == 0 and parts[-1][1] == len(starts)
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    lengths = [end - first for first, end in parts]
+    assert max(lengths) - min(lengths) <= 1
+    assert len(parts) == min(len(starts), -(-(starts[-1] + clip_len) // size))
+    # the frames the segments decode are the video's, each segment's once
+    needed = np.unique(np.concatenate([needed_frames(starts[a:b], clip_len, n) for a, b in parts]))
+    assert np.array_equal(needed, needed_frames(starts, clip_len, n))
+
+
+def test_split_videos_give_the_features_of_whole_ones(encoded, tmp_path):
+    """The CLI with segments of 30 frames and three decoder processes: the same features
+    as without segments, and the manifest says which videos were split and why the
+    MPEG-TS one was not."""
+    data = tmp_path / "videos"
+    data.mkdir()
+    for name in ("open_gop.mp4", "hevc.mp4", "vfr.mp4", "stream.ts"):
+        (data / name).write_bytes((encoded / name).read_bytes())
+    outs = {}
+    for name, frames in (("whole", "0"), ("split", "30")):
+        outs[name] = tmp_path / name
+        res = run_cli(*tiny_args(data, outs[name], "--data_set", "hacs", "--cpu_decoders", "3",
+                                 "--segment_frames", frames))
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert "segments of 30 frames" in res.stdout
+    notes = {v: e.get("decoder_note", "") for v, e in read_manifest(outs["split"]).items()}
+    assert notes == {"open_gop.mp4": "5 segments", "hevc.mp4": "5 segments", "vfr.mp4": "5 segments",
+                     "stream.ts": "not split into segments: mpegts container"}
+    for f in sorted(outs["whole"].glob("*.npy")):
+        whole, split = np.load(f), np.load(outs["split"] / f.name)
+        assert whole.shape == split.shape == (9, 128)
+        assert np.abs(whole - split).max() <= 1e-6 * np.abs(whole).max()
+
+
+def test_a_decoder_that_dies_on_a_segment_gives_the_video_one_more_try(encoded, tmp_path):
+    """Every segment's decoder of the video dies on the first attempt: the video is
+    reported once as tried again, then done in segments on the second attempt."""
+    from conftest import cli_env
+
+    data = tmp_path / "videos"
+    data.mkdir()
+    (data / "closed.mp4").write_bytes((encoded / "closed.mp4").read_bytes())
+    env = cli_env(FEAT_EXTRACTION_KILL_WORKER_ON="closed.mp4:1:crash", OMP_NUM_THREADS="1")
+    res = run_cli(*tiny_args(data, tmp_path / "out", "--data_set", "hacs", "--cpu_decoders", "3",
+                             "--segment_frames", "30"), env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stderr.count("its decoder process died") == 1
+    assert read_manifest(tmp_path / "out")["closed.mp4"]["decoder_note"] == "5 segments"
+    assert np.load(tmp_path / "out" / "closed.npy").shape == (9, 128)
+
+
+def test_a_worker_holds_about_eight_seconds_of_its_models_work(monkeypatch):
+    """The claim budget: START_CLIPS until the model has run for 3 s, then its measured
+    rate times HELD_SECONDS; the count of clips held follows opens, launches and drops."""
+    from extractor import pipeline
+    from extractor.decode.source import HELD_SECONDS, START_CLIPS
+
+    class Source:
+        clips_held, clip_budget = 0, START_CLIPS
+
+    now = [100.0]
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: now[0])
+    source = Source()
+    pace = pipeline.ClaimPace(source)
+    pace.opened(5000)
+    for _ in range(40):  # 64 clips every 0.1 s: 640 clips/s
+        pace.launched(64)
+        now[0] += 0.1
+        if now[0] < 103.0:
+            assert source.clip_budget == START_CLIPS
+    pace.dropped(100)
+    assert source.clips_held == 5000 - 40 * 64 - 100
+    assert source.clip_budget == pytest.approx(640 * HELD_SECONDS, rel=0.03)
