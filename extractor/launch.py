@@ -278,6 +278,26 @@ def _die_with_parent() -> None:
         pass
 
 
+def one_visible_gpu(local_rank: int) -> bool:
+    """Makes the worker's GPU (its local rank's, among those CUDA_VISIBLE_DEVICES lists or all)
+    the only one CUDA shows this process, as cuda:0; called before CUDA starts here. Every
+    worker then compiles the same code for the same device, so that the compile cache one
+    worker wrote serves the others (compiled for cuda:1, a second GPU's worker missed the
+    cache a run on cuda:0 had written). False, and nothing changed, where the GPUs cannot be
+    counted without starting CUDA."""
+    from .decode.nvdec import gpu_count_from_nvml
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        names = [name.strip() for name in listed.split(",") if name.strip()]
+    else:
+        names = [str(i) for i in range(gpu_count_from_nvml())]
+    if not names:
+        return False
+    os.environ["CUDA_VISIBLE_DEVICES"] = names[local_rank % len(names)]
+    return True
+
+
 def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int):
     """A worker, in a child process: claims videos from its supervisor over `conn` and runs
     the pipeline on them."""
@@ -301,8 +321,11 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
 
     try:
         torch.set_num_threads(max(1, cpu_threads))
-        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if cfg.device == "cuda" \
-            else torch.device("cpu")
+        if cfg.device == "cuda":
+            device = torch.device("cuda", 0 if one_visible_gpu(local_rank) else
+                                  local_rank % max(1, torch.cuda.device_count()))
+        else:
+            device = torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         run_worker(cfg, device, claim, lambda ev: send(("event", ev)), cpu_budget=cpu_threads)

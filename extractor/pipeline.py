@@ -257,21 +257,21 @@ class Engine:
 
 
 class ClaimPace:
-    """Keeps the frame source's count of the clips this worker holds (opened, not yet run
-    by the model) and its budget: HELD_SECONDS of the model's rate, measured since its
+    """Takes clips the model ran (or will not run) off the frame source's count of the
+    clips this worker holds, and sets its budget: HELD_SECONDS of the model's rate, measured since its
     first batch, once it has run for a few seconds."""
 
     def __init__(self, source: FrameSource):
         self.source, self.t0, self.clips = source, 0.0, 0
-
-    def opened(self, clips: int):
-        self.source.clips_held += clips
+        self.total = 0  # clips launched
+        self.waited_s = 0.0  # since the first batch, the main thread's time waiting for frames
 
     def dropped(self, clips: int):
-        self.source.clips_held -= clips
+        self.source.hold(-clips)
 
     def launched(self, clips: int):
-        self.source.clips_held -= clips
+        self.source.hold(-clips)
+        self.total += clips
         now = time.perf_counter()
         if not self.t0:
             self.t0 = now
@@ -372,7 +372,10 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
 
     try:
         while True:
+            t_wait = time.perf_counter()
             event = source.queue.get()
+            if pace.t0:
+                pace.waited_s += time.perf_counter() - t_wait
             kind, job = event[0], event[1]
             if kind == "exit":
                 break
@@ -380,7 +383,6 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                 raise RuntimeError(event[2])
             if kind == "open":
                 job.features = np.empty((len(job.starts), engine.width), dtype=np.float32)
-                pace.opened(len(job.starts))
                 for part in job.parts or [job]:
                     part.assembler = ClipAssembler(part.starts, cfg.clip_len, job.info.num_frames)
                     part.features = job.features[part.first_clip:part.first_clip + len(part.starts)]
@@ -424,4 +426,6 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
         saver.close()
     memory.sample()
     report({"type": "peak", "ram_gib": memory.peak / 2**30,
-            "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0})
+            "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0,
+            "clips": pace.total, "work_s": time.perf_counter() - pace.t0 if pace.t0 else 0.0,
+            "waited_s": pace.waited_s})

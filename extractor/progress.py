@@ -193,9 +193,11 @@ class Progress:
             if self.t_ready is None:
                 self.t_ready = self.clock()
                 s.startup_s = self.t_ready - self.t0
-            if ev.get("decoding") and ev["decoding"] not in self.decoding_said:
+            new = ev.get("decoding") and ev["decoding"] not in self.decoding_said
+            if new:
                 self.decoding_said.add(ev["decoding"])
-                self.say(f"[R{rank}] decoding: {ev['decoding']}")
+            self.say(f"[R{rank}] ready after {self.clock() - self.t0:.1f}s" +
+                     (f" | decoding: {ev['decoding']}" if new else ""))
         elif kind == "done":
             self.held.get(rank, set()).discard(name)
             self.meter.ended(name, done=True)
@@ -225,6 +227,10 @@ class Progress:
         elif kind == "peak":
             s.peak_ram_gib = max(s.peak_ram_gib, ev["ram_gib"])
             s.peak_gpu_gib = max(s.peak_gpu_gib, ev["gpu_gib"])
+            if ev.get("clips"):  # the worker's own rate, from its first batch to its end
+                self.say(f"[R{rank}] worker: {ev['clips']} clips in {ev['work_s']:.1f}s from its first batch = "
+                         f"{ev['clips'] / max(1e-9, ev['work_s']):.1f} clips/s | waited for frames "
+                         f"{ev['waited_s']:.1f}s")
         elif kind == "worker_end":
             s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
         elif kind == "fatal":

@@ -148,18 +148,21 @@ def test_a_decoder_that_dies_on_a_segment_gives_the_video_one_more_try(encoded, 
 
 def test_a_worker_holds_about_eight_seconds_of_its_models_work(monkeypatch):
     """The claim budget: START_CLIPS until the model has run for 3 s, then its measured
-    rate times HELD_SECONDS; the count of clips held follows opens, launches and drops."""
+    rate times HELD_SECONDS; the count of clips held goes down with launches and drops."""
     from extractor import pipeline
     from extractor.decode.source import HELD_SECONDS, START_CLIPS
 
     class Source:
         clips_held, clip_budget = 0, START_CLIPS
 
+        def hold(self, clips):
+            self.clips_held += clips
+
     now = [100.0]
     monkeypatch.setattr(pipeline.time, "perf_counter", lambda: now[0])
     source = Source()
     pace = pipeline.ClaimPace(source)
-    pace.opened(5000)
+    source.hold(5000)  # the frame source counts a video's clips when it opens
     for _ in range(40):  # 64 clips every 0.1 s: 640 clips/s
         pace.launched(64)
         now[0] += 0.1

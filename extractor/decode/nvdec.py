@@ -27,20 +27,39 @@ def engines_of(gpu_name: str) -> int:
     return next((n for fragment, n in NVDEC_ENGINES if fragment in gpu_name), 1)
 
 
-def gpu_name_from_nvml(index: int = 0) -> str:
-    """The GPU's name through NVML (the driver's management library), without starting
-    CUDA in this process; '' where NVML is not there."""
+def _nvml(query, default):
+    """query(nvml library) through NVML (the driver's management library), without starting
+    CUDA in this process; `default` where NVML is not there or fails."""
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
         if nvml.nvmlInit_v2() != 0:
-            return ""
+            return default
+        try:
+            return query(nvml)
+        finally:
+            nvml.nvmlShutdown()
+    except (OSError, AttributeError):
+        return default
+
+
+def gpu_name_from_nvml(index: int = 0) -> str:
+    """The GPU's name ('' if unknown)."""
+    def query(nvml):
         handle, name = ctypes.c_void_p(), ctypes.create_string_buffer(96)
         ok = nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) == 0 and \
             nvml.nvmlDeviceGetName(handle, name, len(name)) == 0
-        nvml.nvmlShutdown()
         return name.value.decode(errors="replace") if ok else ""
-    except (OSError, AttributeError):
-        return ""
+
+    return _nvml(query, "")
+
+
+def gpu_count_from_nvml() -> int:
+    """The machine's GPUs (0 if unknown)."""
+    def query(nvml):
+        count = ctypes.c_uint()
+        return count.value if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
+
+    return _nvml(query, 0)
 
 
 def nvdec_available() -> str:

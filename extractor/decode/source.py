@@ -100,8 +100,12 @@ class FrameSource:
         self.jobs: dict[int, object] = {}  # vid -> job, for the jobs in a decoder process (or its prober)
         self.starting: list = []  # claimed less than a second ago, no frames delivered yet
         self.next_vid = 0
-        self.clips_held = 0  # clips of open videos the model has not run yet (the main thread counts them)
-        self.clip_budget = START_CLIPS  # the most clips to hold (the main thread sets it from its rate)
+        # Clips of open videos the model has not run yet: added here when a video opens,
+        # taken off by the main thread as it runs them (pipeline.ClaimPace), which also sets
+        # the budget from the model's rate.
+        self.clips_held = 0
+        self.clip_budget = START_CLIPS
+        self.held_lock = threading.Lock()
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
@@ -264,8 +268,9 @@ class FrameSource:
             return None
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
-        if len(self.starting) >= STARTING:
-            return None
+        unopened = sum(job.info is None for job in self.starting)
+        if len(self.starting) >= STARTING or (unopened and self.clip_budget == START_CLIPS):
+            return None  # (before the model runs, one claim at a time: a worker that starts late holds little)
         claimed = self.claim_video()
         if claimed is None:
             self.exhausted = True
@@ -355,9 +360,14 @@ class FrameSource:
         job.info = info
         job.starts = clip_starts(info.num_frames, self.clip_len, self.stride)
         job.needed = needed_frames(job.starts, self.clip_len, info.num_frames)
+        self.hold(len(job.starts))
         if index is not None:
             self._split(job, index)
         self.queue.put(("open", job))
+
+    def hold(self, clips: int):
+        with self.held_lock:
+            self.clips_held += clips
 
     def _split(self, job, index: FrameIndex):
         """Makes the video's segments (job.parts) and puts them first in the backlog, in
