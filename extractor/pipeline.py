@@ -258,13 +258,16 @@ class Engine:
 
 class ClaimPace:
     """Takes clips the model ran (or will not run) off the frame source's count of the
-    clips this worker holds, and sets its budget: HELD_SECONDS of the model's rate, measured since its
-    first batch, once it has run for a few seconds."""
+    clips this worker holds, and sets its budget: HELD_SECONDS of the model's own rate
+    (clips per second of its GPU time, not of the run: a worker short of frames must still
+    hold enough videos to keep every decoder busy), once the model has run for a second."""
 
     def __init__(self, source: FrameSource):
-        self.source, self.t0, self.clips = source, 0.0, 0
+        self.source = source
+        self.t0 = 0.0  # when the first batch was launched
         self.total = 0  # clips launched
         self.waited_s = 0.0  # since the first batch, the main thread's time waiting for frames
+        self.model_clips, self.model_s = 0, 0.0
 
     def dropped(self, clips: int):
         self.source.hold(-clips)
@@ -272,13 +275,14 @@ class ClaimPace:
     def launched(self, clips: int):
         self.source.hold(-clips)
         self.total += clips
-        now = time.perf_counter()
-        if not self.t0:
-            self.t0 = now
-            return
-        self.clips += clips
-        if now - self.t0 > 3.0:
-            self.source.clip_budget = max(START_CLIPS, int(self.clips / (now - self.t0) * HELD_SECONDS))
+        self.t0 = self.t0 or time.perf_counter()
+
+    def ran(self, clips: int, seconds: float):
+        self.model_clips += clips
+        self.model_s += seconds
+        if self.model_s >= 1.0:
+            self.source.clip_budget = max(START_CLIPS, int(self.model_clips / self.model_s * HELD_SECONDS))
+            self.source.measured = True
 
 
 class MemoryWatch(threading.Thread):
@@ -339,6 +343,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     def collect(batch):
         owners, handles = batch
         feats, seconds = engine.result(handles)
+        pace.ran(len(owners), seconds)
         for row, (job, num) in enumerate(owners):
             if not job.video.failed:
                 job.features[num] = feats[row].numpy()

@@ -146,28 +146,26 @@ def test_a_decoder_that_dies_on_a_segment_gives_the_video_one_more_try(encoded, 
     assert np.load(tmp_path / "out" / "closed.npy").shape == (9, 128)
 
 
-def test_a_worker_holds_about_eight_seconds_of_its_models_work(monkeypatch):
-    """The claim budget: START_CLIPS until the model has run for 3 s, then its measured
-    rate times HELD_SECONDS; the count of clips held goes down with launches and drops."""
+def test_a_worker_holds_about_eight_seconds_of_its_models_work():
+    """The claim budget: START_CLIPS until the model has run for a second of its own time,
+    then its rate (clips per second of model time, however long it waited for frames)
+    times HELD_SECONDS; the count of clips held goes down with launches and drops."""
     from extractor import pipeline
     from extractor.decode.source import HELD_SECONDS, START_CLIPS
 
     class Source:
-        clips_held, clip_budget = 0, START_CLIPS
+        clips_held, clip_budget, measured = 0, START_CLIPS, False
 
         def hold(self, clips):
             self.clips_held += clips
 
-    now = [100.0]
-    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: now[0])
     source = Source()
     pace = pipeline.ClaimPace(source)
     source.hold(5000)  # the frame source counts a video's clips when it opens
-    for _ in range(40):  # 64 clips every 0.1 s: 640 clips/s
+    for i in range(20):  # batches of 64 clips, 1/8 s of model time each: 512 clips/s
         pace.launched(64)
-        now[0] += 0.1
-        if now[0] < 103.0:
-            assert source.clip_budget == START_CLIPS
+        pace.ran(64, 0.125)
+        assert source.measured == (i >= 7)
+        assert source.clip_budget == (START_CLIPS if i < 7 else 512 * HELD_SECONDS)
     pace.dropped(100)
-    assert source.clips_held == 5000 - 40 * 64 - 100
-    assert source.clip_budget == pytest.approx(640 * HELD_SECONDS, rel=0.03)
+    assert source.clips_held == 5000 - 20 * 64 - 100 and pace.total == 20 * 64

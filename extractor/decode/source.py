@@ -34,7 +34,7 @@ from .processes import CpuDecoder
 
 NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
 STARTING = 4  # videos a worker may have claimed and not yet seen frames of
-# Clips a worker holds (claimed, not yet run by the model): at most its model's rate times
+# Clips a worker holds (opened, not yet run by the model): at most its model's rate times
 # HELD_SECONDS, or START_CLIPS before the rate is known. With the queue longest first,
 # workers that top their holdings up to the same horizon run out of work together.
 HELD_SECONDS = 8.0
@@ -105,6 +105,7 @@ class FrameSource:
         # the budget from the model's rate.
         self.clips_held = 0
         self.clip_budget = START_CLIPS
+        self.measured = False  # whether the budget comes from the model's measured rate
         self.held_lock = threading.Lock()
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
@@ -269,7 +270,7 @@ class FrameSource:
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
         unopened = sum(job.info is None for job in self.starting)
-        if len(self.starting) >= STARTING or (unopened and self.clip_budget == START_CLIPS):
+        if len(self.starting) >= STARTING or (unopened and not self.measured):
             return None  # (before the model runs, one claim at a time: a worker that starts late holds little)
         claimed = self.claim_video()
         if claimed is None:
