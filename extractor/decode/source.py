@@ -11,7 +11,7 @@ Events on `queue` (what the main thread sees):
   ("abandon", job)                its decoder died: drop it (the supervisor tries it again or records it)
   ("exit", None)                  nothing left to decode
 A long video is decoded in segments, each a run of its clips, on several decoder processes
-at once (see Segment); its features are the same as in one piece.
+at once (FrameSource._split); its features are the same as in one piece.
 One thread here (`_serve`) claims videos for idle decoders, reads what the decoder
 processes send, restarts one that dies, kills one that hangs and tells the supervisor that
 decoding moves; another gives buffer space back once the GPU has copied it."""
@@ -353,6 +353,8 @@ class FrameSource:
                 (job.root or job).decode_s += time.perf_counter() - job.t_decode
                 self._end(d, job, ("decoded", job))
             elif kind == "fail":
+                if job.root is not None:  # the video fails: its segments not started yet need not run
+                    self._drop_parts(job.root)
                 self._end(d, job, ("fail", job, msg[2]))
             elif kind == "probed":
                 self._probed(job, *msg[2:])
@@ -385,6 +387,11 @@ class FrameSource:
         job.decoder_note = f"{len(job.parts)} segments"
         with self.session_lock:
             self.backlog[0:0] = job.parts
+
+    def _drop_parts(self, video):
+        """Takes the video's segments that no decoder has started off the backlog."""
+        with self.session_lock:
+            self.backlog = [j for j in self.backlog if (j.root or j) is not video]
 
     def _end(self, d: CpuDecoder, job, event):
         d.job = None
@@ -429,8 +436,7 @@ class FrameSource:
             if video.abandoned:  # another of its segments' decoders died first
                 continue
             video.abandoned = True
-            with self.session_lock:  # its segments not started yet go too
-                self.backlog = [j for j in self.backlog if (j.root or j) is not video]
+            self._drop_parts(video)
             self.report({"type": "decoder_died", "video": video.name, "why": why})
             self.queue.put(("abandon", video))
         self.exhausted = False  # the supervisor may give those videos back
