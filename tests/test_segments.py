@@ -16,6 +16,7 @@ ENCODINGS = {
     "closed.mp4": ("libx264", {"g": "24", "bf": "3"}),
     "open_gop.mp4": ("libx264", {"x264-params": "keyint=24:open-gop=1:bframes=3:b-pyramid=normal"}),
     "hevc.mp4": ("libx265", {"x265-params": "keyint=20:open-gop=1:bframes=4:log-level=error"}),
+    "closed.mkv": ("libx264", {"g": "24", "bf": "3"}),  # Matroska: no frame count, frames counted from packets
 }
 
 

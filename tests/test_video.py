@@ -80,6 +80,23 @@ def test_readers_give_decords_pixels(video_dir):
                 assert np.array_equal(rgb_frames(reader, need), want)
 
 
+def test_matroska_and_webm_without_a_frame_count_are_read_whole(tmp_path):
+    """Matroska and WebM files carry no frame count (PyAV's stream.frames is 0, and no
+    stream duration): the frames are counted from the packets, as decord does, and every
+    one is read with decord's pixels. Before, such files failed with 'no video frames'."""
+    import decord
+
+    from conftest import synthetic_frames, write_frames
+
+    for name, codec in (("x264.mkv", "libx264"), ("vp9.webm", "libvpx-vp9")):
+        path = tmp_path / name
+        write_frames(path, synthetic_frames(45, 48, 64), codec=codec)
+        reference = decord.VideoReader(str(path))
+        pyav = PyAVReader(path, 2)
+        assert pyav.info.num_frames == len(reference) == 45
+        assert np.array_equal(rgb_frames(pyav, np.arange(45)), reference.get_batch(list(range(45))).asnumpy())
+
+
 def test_ring_hands_out_regions_in_order_and_waits_when_full():
     ring = Ring(100)
     spans = []

@@ -62,7 +62,9 @@ class PyAVReader:
         stream.thread_count = threads
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         num_frames = int(stream.frames or 0)
-        if num_frames <= 0 and stream.duration and fps:  # containers without a frame count
+        if num_frames <= 0:  # containers without a frame count (Matroska, WebM): count the packets, as decord does
+            num_frames = count_packets(path)
+        if num_frames <= 0 and stream.duration and fps:
             num_frames = int(round(float(stream.duration * stream.time_base) * fps))
         if num_frames <= 0:
             self.close()
@@ -256,6 +258,24 @@ class DecordReader:
 SEEKABLE_FORMATS = {"mov", "mp4", "matroska", "webm"}
 
 
+def video_packets(container):
+    """The packets of the container's first video stream, without the demuxer's empty
+    end-of-stream packet."""
+    return (packet for packet in container.demux(container.streams.video[0]) if packet.size)
+
+
+def count_packets(path: Path) -> int:
+    """The video stream's packets not marked to discard, read without decoding (0 if it
+    cannot be read)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(not packet.is_discard for packet in video_packets(container))
+    except Exception:
+        return 0
+
+
 def frame_index(path: Path, num_frames: int) -> tuple[Optional[FrameIndex], str]:
     """The video's FrameIndex, read from its packets (no decoding), or (None, why not) when
     its packets cannot number its frames exactly (a packet without a timestamp, two with
@@ -270,10 +290,7 @@ def frame_index(path: Path, num_frames: int) -> tuple[Optional[FrameIndex], str]
         with av.open(str(path)) as container:
             if not any(name in SEEKABLE_FORMATS for name in container.format.name.split(",")):
                 return None, f"{container.format.name} container"
-            stream = container.streams.video[0]
-            for packet in container.demux(stream):
-                if packet.size == 0:  # the demuxer's end-of-stream packet
-                    continue
+            for packet in video_packets(container):
                 if packet.pts is None:
                     return None, "a packet without a timestamp"
                 if packet.is_discard or packet.is_corrupt:
