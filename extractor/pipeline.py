@@ -272,10 +272,12 @@ class ClaimPace:
     def dropped(self, clips: int):
         self.source.hold(-clips)
 
+    def launching(self):
+        self.t0 = self.t0 or time.perf_counter()
+
     def launched(self, clips: int):
         self.source.hold(-clips)
         self.total += clips
-        self.t0 = self.t0 or time.perf_counter()
 
     def ran(self, clips: int, seconds: float):
         self.model_clips += clips
@@ -361,6 +363,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             take = [(job, num, clip) for job, num, clip in take if not job.video.failed]
             if not take:
                 continue
+            pace.launching()  # (on the CPU, submit runs the batch)
             in_flight.append(([(job, num) for job, num, _ in take], engine.submit([clip for _, _, clip in take])))
             for job, _, _ in take:
                 job.video.launched += 1

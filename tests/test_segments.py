@@ -164,6 +164,7 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
     pace = pipeline.ClaimPace(source)
     source.hold(5000)  # the frame source counts a video's clips when it opens
     for i in range(20):  # batches of 64 clips, 1/8 s of model time each: 512 clips/s
+        pace.launching()
         pace.launched(64)
         pace.ran(64, 0.125)
         assert source.measured == (i >= 7)
