@@ -171,3 +171,16 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
         assert source.clip_budget == (START_CLIPS if i < 7 else 512 * HELD_SECONDS)
     pace.dropped(100)
     assert source.clips_held == 5000 - 20 * 64 - 100 and pace.total == 20 * 64
+
+
+def test_a_segment_of_a_matroska_file_does_not_count_its_packets_again(encoded, monkeypatch):
+    """Matroska has no frame count, so opening one counts its packets; a segment's reader is
+    given the count the worker already has instead of scanning the file once per segment."""
+    from extractor.decode import readers
+
+    path = encoded / "closed.mkv"
+    n = PyAVReader(path).info.num_frames
+    monkeypatch.setattr(readers, "count_packets", lambda path: pytest.fail("packets counted again"))
+    reader = PyAVReader(path, 1, True, n)
+    assert reader.info.num_frames == n == 150
+    reader.close()

@@ -7,7 +7,7 @@ them straight out of it). Started by decode.processes as
 It never imports torch (a decoder costs tens of MB, not a CUDA runtime). Messages, both
 ways over the socket, are tuples:
   worker -> here: ("video", vid, path, clip_len, stride, threads, chunk_frames, fault, split),
-                  ("segment", vid, path, indices, threads, chunk_frames, fault, start),
+                  ("segment", vid, path, indices, threads, chunk_frames, fault, start, num_frames),
                   ("probe", vid, path, split), ("free", offset), ("stop",)
   here -> worker: ("open", vid, VideoInfo, note), ("split", vid, VideoInfo, FrameIndex),
                   ("chunk", vid, offset, indices, colour), ("note", vid, text), ("done", vid),
@@ -33,7 +33,7 @@ import numpy as np
 
 from ..clips import clip_starts, needed_frames
 from .common import DecodeError, first_line, packed_frame_bytes
-from .readers import READERS, frame_index
+from .readers import READERS, PyAVReader, frame_index
 
 
 class Stopped(Exception):
@@ -125,7 +125,7 @@ class DecoderProcess:
     def decode(self, vid, path, clip_len, stride, threads, chunk_frames, fault, split=0):
         def frames(reader):
             info = reader.info
-            index, note = splittable(path, info, split if self.reader == "pyav" else 0)
+            index, note = splittable(path, info, split)
             if index is not None:
                 self.conn.send(("split", vid, info, index))
                 return None
@@ -136,20 +136,23 @@ class DecoderProcess:
 
         self.deliver(vid, path, threads, chunk_frames, frames)
 
-    def decode_segment(self, vid, path, indices, threads, chunk_frames, fault, start):
+    def decode_segment(self, vid, path, indices, threads, chunk_frames, fault, start, num_frames):
         def frames(reader):
             injected_fault(fault)
             return reader.frames(indices, start)
 
-        self.deliver(vid, path, threads, chunk_frames, frames)
+        # segments are PyAV's (the worker splits videos only for it: DecodePlan.split_frames)
+        self.deliver(vid, path, threads, chunk_frames, frames,
+                     lambda: PyAVReader(Path(path), threads, True, num_frames))
 
-    def deliver(self, vid, path, threads, chunk_frames, frames_of):
-        """Opens the video, and writes the frames `frames_of(reader)` yields into the buffer,
-        a chunk at a time ("chunk" messages), then "done"; "fail" with the reason when it
-        cannot. frames_of may return None: nothing to decode (the video was split)."""
+    def deliver(self, vid, path, threads, chunk_frames, frames_of, open_reader=None):
+        """Opens the video (with open_reader, else this process's reader), and writes the
+        frames `frames_of(reader)` yields into the buffer, a chunk at a time ("chunk"
+        messages), then "done"; "fail" with the reason when it cannot. frames_of may return
+        None: nothing to decode (the video was split)."""
         reader, pending = None, None
         try:
-            reader = READERS[self.reader](Path(path), threads, True)
+            reader = open_reader() if open_reader else READERS[self.reader](Path(path), threads, True)
             info = reader.info
             largest = packed_frame_bytes(*info.coded_size, None)  # an RGB frame
             if largest > len(self.buffer):

@@ -43,8 +43,10 @@ class PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: Path, threads: int = 1, gpu_colour: bool = True):
-
+    def __init__(self, path: Path, threads: int = 1, gpu_colour: bool = True, num_frames: int = 0):
+        """`num_frames`: the video's frame count where the caller knows it already (a
+        segment's: the worker learnt it when the video opened), so that a container without
+        one (Matroska, WebM) is not scanned again for every segment."""
         self.path, self.threads = path, threads
         self.fell_back = ""  # why a seek was given up for decoding from the start ('' if it was not)
         check_readable(path)
@@ -61,7 +63,7 @@ class PyAVReader:
         stream.thread_type = "AUTO"
         stream.thread_count = threads
         fps = float(stream.average_rate or stream.guessed_rate or 0)
-        num_frames = int(stream.frames or 0)
+        num_frames = num_frames or int(stream.frames or 0)
         if num_frames <= 0:  # containers without a frame count (Matroska, WebM): count the packets, as decord does
             num_frames = count_packets(path)
         if num_frames <= 0 and stream.duration and fps:

@@ -299,7 +299,7 @@ class FrameSource:
             self.jobs[job.vid] = job
             if job.root is not None:
                 d.send(("segment", job.vid, str(job.path), job.needed, threads, self.plan.chunk_frames, job.fault,
-                        job.start))
+                        job.start, job.info.num_frames))
                 continue
             job.decoder = d.reader
             d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
