@@ -112,13 +112,14 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
     header = HEADER.search(text)
     decoders = {}
     for line in text.splitlines():
-        hit = re.search(r"decode \((\w+)\)", line)
+        hit = re.search(r"decode \(([\w+]+)\)", line)
         if hit:
             decoders[hit.group(1)] = decoders.get(hit.group(1), 0) + 1
     return {"command": "python " + " ".join(map(str, args)), "videos": int(done), "failed": int(failed),
             "clips": int(clips), "busy_s": float(busy), "startup_s": float(startup), "clips_per_s": float(rate),
             "shutdown_s": float(shutdown),
             "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,
+            "nvdec_stopped": text.count("NVDEC stopped"),  # warned once per video
             "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "wall_s": round(wall, 2),
             "decoding": header.group(1).strip() if header else "", "summary": m.group(0)}
 

@@ -160,7 +160,7 @@ def stage_e2e(kind: str, data: Path, work: Path, ckpt: Path, a) -> dict:
         else:
             say(f"  end to end ({label}): {r['clips_per_s']:.1f} clips/s after {r['startup_s']:.1f}s start-up "
                 f"(+{r['shutdown_s']:.1f}s shutdown) | peak RAM per worker {r['peak_ram_gib']:.2f} GiB | "
-                f"{r['decoding']} | videos by decoder {r['videos_by_decoder']}")
+                f"{r['decoding']} | videos by decoder {r['videos_by_decoder']}{nvdec_stopped(r)}")
     return out
 
 
@@ -197,6 +197,9 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
     runs = {"default": [], "fp32_cpu_decoder": ["--dtype", "fp32", "--decoder", "cpu"]}
     if not quick and torch.cuda.is_available():
         runs["fp32_nvdec"] = ["--dtype", "fp32", "--decoder", "nvdec", "--nvdec_sessions", "1"]
+        # each video in 5 segments, which NVDEC sessions reach by seeking
+        runs["fp32_nvdec_segments"] = ["--dtype", "fp32", "--decoder", "nvdec", "--nvdec_sessions", "2",
+                                       "--segment_frames", "200"]
     for name, extra in runs.items():
         r = run_cli(data, work / f"fid_{kind}_{name}", ckpt, kind, extra, quick, logs / f"fidelity_{kind}_{name}.log")
         if "error" in r:
@@ -208,8 +211,12 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
         c = out[name]
         say(f"  features {name:16s} vs today's path in fp32: per-clip cosine min {c['cos_min']:.7f} mean "
             f"{c['cos_mean']:.7f}, relative error max {c['rel_err_max']:.2e} ({c['clips']} clips, "
-            f"decoders {c['videos_by_decoder']})")
+            f"decoders {c['videos_by_decoder']}{nvdec_stopped(r)})")
     return out
+
+
+def nvdec_stopped(run: dict) -> str:
+    return f"; NVDEC stopped on {run['nvdec_stopped']} videos (the CPU took them over)" if run.get("nvdec_stopped") else ""
 
 
 def stage_original(kind: str, videos: list[Path], ckpt: Path, dev: torch.device) -> dict:

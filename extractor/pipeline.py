@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, BackboneOptions, open_backbone
-from .decode.common import VideoInfo
+from .decode.common import FrameIndex, VideoInfo
 from .decode.processes import process_pss_bytes
 from .decode.source import HELD_SECONDS, START_CLIPS, DecodePlan, FrameSource
 from .datasets import feature_relpath, video_name
@@ -89,7 +89,7 @@ class VideoJob:
     filled: int = 0
     decoded: bool = False
     failed: bool = False
-    decoder: str = ""  # which decoder read it: pyav, decord or nvdec
+    decoder: str = ""  # which decoders read it: pyav, decord, nvdec, or nvdec+pyav (some of each)
     decoder_note: str = ""  # why NVDEC did not take it, when it did not
     decode_s: float = 0.0
     model_s: float = 0.0
@@ -105,6 +105,9 @@ class VideoJob:
     root: Optional["VideoJob"] = None
     first_clip: int = 0
     start: Optional[tuple] = None  # a segment's keyframe and timestamps (FrameIndex.start_of)
+    index: Optional[FrameIndex] = None  # a split video's: where each of its frames is
+    for_nvdec: bool = False  # a segment an NVDEC session may take
+    nvdec_refused: bool = False  # NVDEC stopped on it (or one of its segments): the CPU decodes the rest
 
     @property
     def video(self) -> "VideoJob":
@@ -436,4 +439,4 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     report({"type": "peak", "ram_gib": memory.peak / 2**30,
             "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0,
             "clips": pace.total, "work_s": time.perf_counter() - pace.t0 if pace.t0 else 0.0,
-            "waited_s": pace.waited_s})
+            "waited_s": pace.waited_s, "frames_by_decoder": dict(source.frames_by_decoder)})

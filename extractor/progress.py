@@ -230,7 +230,7 @@ class Progress:
             if ev.get("clips"):  # the worker's own rate, from its first batch to its end
                 self.say(f"[R{rank}] worker: {ev['clips']} clips in {ev['work_s']:.1f}s from its first batch = "
                          f"{ev['clips'] / max(1e-9, ev['work_s']):.1f} clips/s | waited for frames "
-                         f"{ev['waited_s']:.1f}s")
+                         f"{ev['waited_s']:.1f}s" + frames_by_decoder(ev.get("frames_by_decoder")))
         elif kind == "worker_end":
             s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
         elif kind == "fatal":
@@ -286,3 +286,10 @@ class Progress:
         if self.bar is not None:
             self._refresh_bar()
             self.bar.close()
+
+
+def frames_by_decoder(counts) -> str:
+    """' | frames decoded: NVDEC 1,234, CPU 5,678' where NVDEC decoded some ('' otherwise)."""
+    if not counts or not counts.get("nvdec"):
+        return ""
+    return f" | frames decoded: NVDEC {counts['nvdec']:,}, CPU {counts.get('cpu', 0):,}"

@@ -184,3 +184,109 @@ def test_a_segment_of_a_matroska_file_does_not_count_its_packets_again(encoded, 
     reader = PyAVReader(path, 1, True, n)
     assert reader.info.num_frames == n == 150
     reader.close()
+
+
+class FakeNvdec:
+    """A stand-in for PyNvVideoCodec's SimpleDecoder over a clean file whose frames, in
+    display order, have the timestamps `pts`: seek_to_index lands where `landing` says,
+    and `dropped` frames never come out (a decoder that skips a broken frame)."""
+
+    class Frame:
+        def __init__(self, pts):
+            self.pts = pts
+
+        def getPTS(self):
+            return self.pts
+
+    def __init__(self, pts, landing, dropped=()):
+        self.frames = [self.Frame(int(p)) for i, p in enumerate(pts) if i not in dropped]
+        self.landing, self.position = landing, 0
+
+    def seek_to_index(self, index):
+        self.position = self.landing(index)
+
+    def get_batch_frames(self, n):
+        out = self.frames[self.position:self.position + n]
+        self.position += len(out)
+        return out
+
+
+def segment_of(index, first, last, decoder, chunk=8):
+    from extractor.decode.nvdec import segment_batches
+
+    keyframe_pts, pts = index.start_of(first, last)
+    keyframe = int(np.searchsorted(index.pts, keyframe_pts))
+    got = []
+    for ids, frames in segment_batches(decoder, first, keyframe, pts, chunk):
+        assert len(ids) == len(frames) <= chunk
+        got += [(int(i), f.pts) for i, f in zip(ids, frames)]
+    return got
+
+
+@pytest.mark.parametrize("landing", ["keyframe", "exact", "earlier_keyframe"])
+def test_nvdec_numbers_a_segments_frames_by_their_timestamps(encoded, landing):
+    """Wherever NVDEC's seek lands at or before the segment (its keyframe, the frame itself,
+    a keyframe before), the frames it returns are numbered by the index and checked frame
+    by frame: exactly frames first..last, each with its own timestamp."""
+    path = encoded / "open_gop.mp4"
+    index, _ = frame_index(path, 150)
+    keyframes = np.searchsorted(index.pts, index.keyframes)
+    lands = {"keyframe": lambda i: i, "exact": lambda i: 70,
+             "earlier_keyframe": lambda i: int(keyframes[np.searchsorted(keyframes, i) - 1])}[landing]
+    got = segment_of(index, 70, 100, FakeNvdec(index.pts, lands))
+    assert got == [(i, int(index.pts[i])) for i in range(70, 101)]
+
+
+def test_nvdec_out_of_step_stops_at_the_first_wrong_frame(encoded):
+    """A seek that lands past the segment delivers nothing; a frame missing midway stops
+    the segment after the frames before it (OutOfStep): never a frame under a wrong number."""
+    from extractor.decode.nvdec import OutOfStep
+
+    index, _ = frame_index(encoded / "open_gop.mp4", 150)
+    with pytest.raises(OutOfStep, match="frame 70 has timestamp"):
+        segment_of(index, 70, 100, FakeNvdec(index.pts, lambda i: 71))
+    delivered = []
+    with pytest.raises(OutOfStep, match="frame 85 has timestamp"):
+        from extractor.decode.nvdec import segment_batches
+
+        keyframe_pts, pts = index.start_of(70, 100)
+        decoder = FakeNvdec(index.pts, lambda i: i, dropped={85})
+        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8):
+            delivered += [(int(i), f.pts) for i, f in zip(ids, frames)]
+    assert delivered == [(i, int(index.pts[i])) for i in range(70, 85)]
+    with pytest.raises(OutOfStep, match="the stream ended before frame 140"):
+        segment_of(index, 140, 149, FakeNvdec(index.pts[:140], lambda i: i))
+
+
+def test_what_nvdec_did_not_deliver_a_cpu_decoder_finishes_from_the_index(encoded):
+    """NVDEC stopped after frame 84 of a segment of frames 60..120: the segment goes to the
+    front of the CPU decoders' backlog with the frames still needed, reached from the
+    keyframe before frame 85; the video's other segments are no longer NVDEC's; a warning
+    and a note in the manifest. The CPU reader then gives exactly those frames, as decoded from the start."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.source import FrameSource
+    from extractor.pipeline import VideoJob
+
+    path = encoded / "closed.mp4"
+    index, _ = frame_index(path, 150)
+    video = VideoJob(path, "closed.mp4", index=index)
+    part, other = (VideoJob(path, root=video, for_nvdec=True) for _ in range(2))
+    video.parts = [part, other]
+    part.needed = np.arange(60, 121)
+    part.start = index.start_of(60, 120)
+    events = []
+    source = SimpleNamespace(report=events.append, session_lock=threading.Lock(), backlog=[other],
+                             _wake=lambda: None)
+    FrameSource.nvdec_stopped(source, part, 84, "frame 85 has timestamp 1, the index says 2")
+    assert source.backlog == [part, other] and not part.for_nvdec and not other.for_nvdec
+    assert np.array_equal(part.needed, np.arange(85, 121)) and video.nvdec_refused
+    keyframe, pts = index.start_of(85, 120)
+    assert part.start[0] == keyframe and np.array_equal(part.start[1], pts) and keyframe < index.pts[85]
+    assert len(events) == 1 and "NVDEC stopped after frame 84 of a segment" in events[0]["msg"]
+    assert "NVDEC stopped after frame 84 of a segment" in video.decoder_note
+    whole, _ = planes_of(path, np.arange(121))
+    rest, fell_back = planes_of(path, part.needed, part.start)
+    assert fell_back == "" and sorted(rest) == list(range(85, 121))
+    assert all(np.array_equal(rest[i], whole[i]) for i in rest)

@@ -1,7 +1,7 @@
-"""NVDEC sessions: threads of the worker that decode videos on the GPU's video decoder
-engines through PyNvVideoCodec, in the decoder's native NV12, and turn each batch into
-model input on their own CUDA stream straight from the decoder's surfaces (same colour
-conversion as the CPU path: decode.color)."""
+"""NVDEC sessions: threads of the worker that decode videos, and segments of long videos,
+on the GPU's video decoder engines through PyNvVideoCodec, in the decoder's native NV12,
+and turn each batch into model input on their own CUDA stream straight from the decoder's
+surfaces (same colour conversion as the CPU path: decode.color)."""
 
 from __future__ import annotations
 
@@ -117,14 +117,71 @@ class DeviceChunk:
         self.room.release()
 
 
+class OutOfStep(Exception):
+    """After a seek, NVDEC's frames are not the ones the video's index says they are."""
+
+
+def whole_video_batches(decoder, num_frames: int, last: int, chunk: int):
+    """(frame numbers, frames) from the decoder's first frame to frame `last`, numbered in
+    the order they come (the CPU path's numbering, from the start)."""
+    position = 0
+    while position <= last:
+        try:  # never past the last frame (the decoder warns for every index beyond it)
+            frames = decoder.get_batch_frames(max(1, min(chunk, num_frames - position)))
+        except Exception as e:
+            raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
+        if not frames:
+            raise DecodeError(f"stream ended before frame {last} of {num_frames}")
+        yield np.arange(position, position + len(frames)), frames
+        position += len(frames)
+
+
+def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: int):
+    """(frame numbers, frames) for frames first..first + len(pts) - 1, after a seek to frame
+    `keyframe` (a keyframe at or before `first`): frames shown before pts[0] are passed over,
+    and every later frame must have the next timestamp of `pts` (FrameIndex.start_of), the
+    same check as the CPU path's. Anything else raises OutOfStep, after the frames that
+    were right."""
+    try:
+        decoder.seek_to_index(keyframe)
+    except Exception as e:
+        raise OutOfStep(f"the seek failed ({first_line(e)})") from None
+    got = 0
+    while got < len(pts):
+        try:
+            frames = decoder.get_batch_frames(min(chunk, len(pts) - got))
+        except Exception as e:
+            raise DecodeError(f"NVDEC decoding failed near frame {first + got} ({first_line(e)})") from None
+        if not frames:
+            raise OutOfStep(f"the stream ended before frame {first + got}")
+        try:
+            stamps = np.array([f.getPTS() for f in frames], dtype=np.int64)
+        except Exception as e:
+            raise OutOfStep(f"no frame timestamps ({first_line(e)})") from None
+        if got == 0:  # still between the keyframe and the segment
+            lead = int(np.argmax(stamps >= pts[0])) if (stamps >= pts[0]).any() else len(stamps)
+            frames, stamps = frames[lead:], stamps[lead:]
+        m = min(len(stamps), len(pts) - got)
+        wrong = np.flatnonzero(stamps[:m] != pts[got:got + m])
+        right = int(wrong[0]) if wrong.size else m
+        if right:
+            yield first + got + np.arange(right), frames[:right]
+            got += right
+        if wrong.size:
+            raise OutOfStep(f"frame {first + got} has timestamp {stamps[right]}, the index says {pts[got]}")
+
+
 class NvdecSession(threading.Thread):
-    """One decoder session: takes jobs from `inbox` (None ends it), decodes each from its
-    first frame and puts its chunks, made into model input, on the source's queue.
+    """One decoder session: takes jobs from `inbox` (None ends it), decodes each (a whole
+    video from its first frame, or a segment from a keyframe) and puts its chunks, made
+    into model input, on the source's queue. Whatever it cannot finish goes to the CPU
+    decoder processes from the first frame it did not deliver (FrameSource.nvdec_stopped).
 
     The session keeps its PyNvVideoCodec decoder from video to video (reconfigured for the
-    next file): destroying one holds the GIL for tens of milliseconds while the driver
-    frees its surfaces, and every other thread of the worker, the one feeding the GPU
-    included, waits (py-spy on the H100: a third of the GIL's time, 2026-11-26)."""
+    next file, or only seeking in the same one): destroying one holds the GIL for tens of
+    milliseconds while the driver frees its surfaces, and every other thread of the worker,
+    the one feeding the GPU included, waits (py-spy on the H100: a third of the GIL's time,
+    2026-11-26)."""
 
     def __init__(self, index: int, device: torch.device, source, plan, maker):
         super().__init__(daemon=True, name=f"nvdec{index}")
@@ -133,7 +190,7 @@ class NvdecSession(threading.Thread):
         self.device, self.source, self.plan, self.maker = device, source, plan, maker
         self.inbox: queue.Queue = queue.Queue()
         self.room = threading.Semaphore(plan.prefetch)  # chunks the main thread has not taken yet
-        self.decoder = None
+        self.decoder, self.path = None, ""
 
     def run(self):
         try:
@@ -155,42 +212,45 @@ class NvdecSession(threading.Thread):
         finally:
             self._drop_decoder()
 
-    def _open(self, job):
-        """Sets the session's decoder up for the job's file."""
+    def _open(self, job, seeking: bool):
+        """Sets the session's decoder up for the job's file (a decoder already on that file
+        is kept for a job that begins with a seek: a segment)."""
         import PyNvVideoCodec as nvc
 
+        path = str(job.path)
         with _CREATE_LOCK:
             if self.decoder is None:
-                self.decoder = nvc.SimpleDecoder(str(job.path), gpu_id=self.device.index or 0,
+                self.decoder = nvc.SimpleDecoder(path, gpu_id=self.device.index or 0,
                                                  cuda_context=self.context, cuda_stream=self.stream.cuda_stream,
                                                  use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
-            else:
-                self.decoder.reconfigure_decoder(str(job.path))
+            elif not (seeking and path == self.path):
+                self.decoder.reconfigure_decoder(path)
+            self.path = path
 
     def _drop_decoder(self):
         """Destroys the decoder (after an error its state is not trusted; and at the end)."""
         with _CREATE_LOCK:
-            self.decoder = None
+            self.decoder, self.path = None, ""
 
     def decode(self, job):
-        put, info, needed = self.source.put, job.info, job.needed
+        video, info, needed, chunk = job.video, job.info, job.needed, self.plan.chunk_frames
         try:
-            self._open(job)
+            self._open(job, seeking=job.root is not None)
         except Exception as e:
             self._drop_decoder()
-            self.source.nvdec_declined(job, first_line(e))
+            self.source.nvdec_stopped(job, -1, first_line(e))
             return
-        position, sent, last_report, finished = 0, 0, time.monotonic(), False
+        if job.root is None:
+            batches = whole_video_batches(self.decoder, info.num_frames, int(needed[-1]), chunk)
+        else:  # a segment, checked against the video's index also when it begins in the first GOP
+            first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
+            keyframe = int(np.searchsorted(pts, job.start[0])) if job.start is not None else 0
+            batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk)
+        delivered, last_report, keep_decoder = -1, time.monotonic(), False
         try:
-            while position <= int(needed[-1]) and not self.source.stopping:
-                try:  # never past the last frame (the decoder warns for every index beyond it)
-                    frames = self.decoder.get_batch_frames(max(1, min(self.plan.chunk_frames, info.num_frames - position)))
-                except Exception as e:
-                    raise DecodeError(f"NVDEC decoding failed near frame {position} ({first_line(e)})") from None
-                if not frames:
-                    raise DecodeError(f"stream ended before frame {int(needed[-1])} of {info.num_frames}")
-                ids = np.arange(position, position + len(frames))
-                position += len(frames)
+            for ids, frames in batches:
+                if self.source.stopping:
+                    return
                 keep = np.isin(ids, needed)
                 if not keep.any():
                     continue
@@ -204,27 +264,25 @@ class NvdecSession(threading.Thread):
                 while not self.room.acquire(timeout=0.5):
                     if self.source.stopping:
                         return
-                put(("frames", job, ids[keep], DeviceChunk(x, ready, self.room)))
-                sent += 1
-                job.frames_done += int(keep.sum())
+                self.source.put(("frames", job, ids[keep], DeviceChunk(x, ready, self.room)))
+                delivered = int(ids[keep][-1])
+                self.source.delivered(job, int(keep.sum()), "nvdec")
                 ready.synchronize()  # the decoder may reuse its surfaces for the next batch
                 if time.monotonic() - last_report > 2.0:
                     last_report = time.monotonic()
-                    self.source.report({"type": "progress", "video": job.name, "frames": job.frames_done,
-                                        "total": len(needed)})
+                    self.source.report({"type": "progress", "video": video.name, "frames": video.frames_done,
+                                        "total": len(video.needed)})
             if self.source.stopping:
                 return
-            job.decode_s += time.perf_counter() - job.t_decode
-            finished = True
-            put(("decoded", job))
+            video.decode_s += time.perf_counter() - job.t_decode
+            keep_decoder = True
+            self.source.put(("decoded", job))
+        except OutOfStep as e:
+            keep_decoder = True  # the decoder is fine; the file's timestamps are not what NVDEC seeks by
+            self.source.nvdec_stopped(job, delivered, f"NVDEC out of step with the index: {e}")
         except Exception as e:  # a decoder bug must not take the worker down
             reason = str(e) if isinstance(e, DecodeError) else f"NVDEC: {type(e).__name__}: {first_line(e)} ({where(e)})"
-            if sent == 0:  # nothing delivered: a CPU decoder takes the video
-                self.source.nvdec_declined(job, reason)
-            else:
-                put(("fail", job, reason))
+            self.source.nvdec_stopped(job, delivered, reason)
         finally:
-            if not finished:
+            if not keep_decoder:
                 self._drop_decoder()
-
-

@@ -10,8 +10,10 @@ Events on `queue` (what the main thread sees):
   ("fail", job, reason)           the video (or a segment, and so the video) cannot be decoded
   ("abandon", job)                its decoder died: drop it (the supervisor tries it again or records it)
   ("exit", None)                  nothing left to decode
-A long video is decoded in segments, each a run of its clips, on several decoder processes
-at once (FrameSource._split); its features are the same as in one piece.
+A long video is decoded in segments, each a run of its clips, on several decoders at once
+(FrameSource._split): CPU decoder processes and NVDEC sessions both take them. Its
+features are the same as in one piece. Whatever an NVDEC session cannot finish, a CPU
+decoder process finishes from the first frame it did not deliver.
 One thread here (`_serve`) claims videos for idle decoders, reads what the decoder
 processes send, restarts one that dies, kills one that hangs and tells the supervisor that
 decoding moves; another gives buffer space back once the GPU has copied it."""
@@ -104,6 +106,7 @@ class FrameSource:
         # taken off by the main thread as it runs them (pipeline.ClaimPace), which also sets
         # the budget from the model's rate.
         self.clips_held = 0
+        self.frames_by_decoder = {"cpu": 0, "nvdec": 0}  # frames delivered, for the worker's summary
         self.clip_budget = START_CLIPS
         self.measured = False  # whether the budget comes from the model's measured rate
         self.held_lock = threading.Lock()
@@ -185,13 +188,33 @@ class FrameSource:
         self.report({"type": "warning", "video": None, "msg": f"an NVDEC session could not start ({reason})"})
         self._wake()
 
-    def nvdec_declined(self, job, reason: str):
-        """An NVDEC session could not start on the video: a CPU decoder takes it."""
-        job.decoder_note = f"NVDEC declined it ({reason})"
-        self.report({"type": "warning", "video": job.name, "msg": f"NVDEC failed before its first frames ({reason}): "
-                                                                  "a CPU decoder takes it"})
+    def delivered(self, job, frames: int, by: str):
+        job.frames_done += frames
+        if job.root is not None:
+            job.root.frames_done += frames
+        self.frames_by_decoder[by] += frames
+
+    def nvdec_stopped(self, job, delivered: int, reason: str):
+        """An NVDEC session stopped on a video or segment after delivering its frames up to
+        `delivered` (-1: none): a CPU decoder process decodes the rest, from the keyframe
+        before its first frame still needed where the video has an index (a split video),
+        else from the start. The video's other segments go to the CPU too."""
+        video = job.video
+        if delivered >= 0:
+            job.needed = job.needed[job.needed > delivered]
+            index = video.index
+            job.start = index.start_of(int(job.needed[0]), int(job.needed[-1])) if index is not None else None
+        said = video.nvdec_refused
+        video.nvdec_refused = True
+        for part in [job, *video.parts]:
+            part.for_nvdec = False
+        where = f"after frame {delivered}" if delivered >= 0 else "before its first frames"
+        note = f"NVDEC stopped {where}" + (f" of a segment ({reason})" if job.root is not None else f" ({reason})")
+        video.decoder_note = "; ".join(filter(None, [video.decoder_note, note]))
+        if not said:
+            self.report({"type": "warning", "video": video.name, "msg": f"{note}: a CPU decoder takes it over"})
         with self.session_lock:
-            self.backlog.append(job)
+            self.backlog.insert(0, job)
         self._wake()
 
     # ----------------------------------------------------------------- the serving thread
@@ -284,6 +307,7 @@ class FrameSource:
         return job
 
     def _dispatch(self):
+        self._segments_to_nvdec()
         for d in self.cpu:
             if d.job is not None:
                 continue
@@ -297,7 +321,8 @@ class FrameSource:
             threads = self.plan.cpu_threads or max(1, min(4, self.plan.cpu_budget // busy))
             d.job, d.last_moved, job.t_decode = job, time.monotonic(), time.perf_counter()
             self.jobs[job.vid] = job
-            if job.root is not None:
+            if job.info is not None:  # opened already: a segment, or the rest of a video NVDEC did not finish
+                used(job.video, "pyav")
                 d.send(("segment", job.vid, str(job.path), job.needed, threads, self.plan.chunk_frames, job.fault,
                         job.start, job.info.num_frames))
                 continue
@@ -318,6 +343,18 @@ class FrameSource:
             self.prober.send(("probe", job.vid, str(job.path), self.plan.split_frames))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
+
+    def _segments_to_nvdec(self):
+        """Free NVDEC sessions take the segments in the backlog that NVDEC can decode."""
+        with self.session_lock:
+            while self.free_sessions:
+                job = next((j for j in self.backlog if j.for_nvdec), None)
+                if job is None:
+                    return
+                self.backlog.remove(job)
+                job.t_decode = time.perf_counter()
+                used(job.video, "nvdec")
+                self.free_sessions.pop().inbox.put(job)
 
     def _read(self, d: CpuDecoder):
         while True:
@@ -342,9 +379,7 @@ class FrameSource:
             elif kind == "chunk":
                 indices = msg[3]
                 d.held += 1
-                job.frames_done += len(indices)
-                if job.root is not None:
-                    job.root.frames_done += len(indices)
+                self.delivered(job, len(indices), "cpu")
                 self.queue.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
             elif kind == "note":
                 video = job.root or job
@@ -374,7 +409,10 @@ class FrameSource:
 
     def _split(self, job, index: FrameIndex):
         """Makes the video's segments (job.parts) and puts them first in the backlog, in
-        order, for the CPU decoder processes."""
+        order, for the CPU decoder processes and, where NVDEC can decode the video, its
+        sessions."""
+        nvdec = bool(self.sessions) and not nvdec_cannot(job.info)
+        job.index = index
         for first, end in segment_clips(job.starts, self.clip_len, self.plan.segment_frames):
             part = self.new_job(job.path)
             part.root, part.first_clip, part.info, part.fault = job, first, job.info, job.fault
@@ -382,8 +420,9 @@ class FrameSource:
             part.starts = job.starts[first:end]
             part.needed = needed_frames(part.starts, self.clip_len, job.info.num_frames)
             part.start = index.start_of(int(part.needed[0]), int(part.needed[-1]))
+            part.for_nvdec = nvdec
             job.parts.append(part)
-        job.decoder = "pyav"
+        job.decoder = ""  # its segments' decoders say who read it
         job.decoder_note = f"{len(job.parts)} segments"
         with self.session_lock:
             self.backlog[0:0] = job.parts
@@ -420,7 +459,8 @@ class FrameSource:
                 return
             session = self.free_sessions.pop()
         self._opened(job, info)
-        job.decoder, job.t_decode = "nvdec", time.perf_counter()
+        job.t_decode = time.perf_counter()
+        used(job, "nvdec")
         session.inbox.put(job)
 
     def _died(self, d: CpuDecoder):
@@ -465,6 +505,11 @@ class FrameSource:
                 video = job.root or job
                 self.report({"type": "progress", "video": video.name, "frames": video.frames_done,
                              "total": len(video.needed) if video.needed is not None else 0})
+
+
+def used(video, decoder: str):
+    """Adds a decoder to those that read the video (its `decoder`: "nvdec+pyav" for both)."""
+    video.decoder = "+".join(sorted(set(filter(None, video.decoder.split("+"))) | {decoder}))
 
 
 def nvdec_cannot(info: VideoInfo) -> str:
