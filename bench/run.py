@@ -19,6 +19,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
   original  the original program's pipeline and its plan (needs decord)
   levers    model-only settings one by one (dtype, attention kernel, compile modes: --levers)
   balance   one worker against --gpus workers on a mixed-length corpus
+  segments  NVDEC decoding long videos in segments against the CPU decoder, on encodings that
+            keep decoder state differently (bench/segments.py)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
@@ -212,6 +214,12 @@ def stage_fidelity(kind: str, videos: list[Path], work: Path, ckpt: Path, quick:
         say(f"  features {name:16s} vs today's path in fp32: per-clip cosine min {c['cos_min']:.7f} mean "
             f"{c['cos_mean']:.7f}, relative error max {c['rel_err_max']:.2e} ({c['clips']} clips, "
             f"decoders {c['videos_by_decoder']}{nvdec_stopped(r)})")
+        if name.startswith("fp32_nvdec") and "fp32_cpu_decoder" in out and "error" not in out["fp32_cpu_decoder"]:
+            # same pixels and the same fp32 model: these should agree to the model's own
+            # run-to-run noise, far below what a frame off by one or two does (6.6e-3, 2026-11-27)
+            d = out[name]["vs_fp32_cpu_decoder"] = compare(work / f"fid_{kind}_{name}", work / f"fid_{kind}_fp32_cpu_decoder")
+            say(f"  features {name:16s} vs fp32_cpu_decoder: per-clip cosine min {d['cos_min']:.7f}, relative "
+                f"error max {d['rel_err_max']:.2e}")
     return out
 
 
@@ -296,10 +304,15 @@ def main():
 
         results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source, logs=a.logs,
                                          timeout=a.cli_timeout)
-    ckpt = checkpoint(work, a.quick) if stages - {"balance", "levers"} else None
+    if "segments" in stages:
+        from segments import run_segments
+
+        results["segments"] = run_segments(work, a.source, a.logs, say)
+    standalone = {"balance", "levers", "segments"}
+    ckpt = checkpoint(work, a.quick) if stages - standalone else None
     model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
     for kind in a.corpora.split(","):
-        if not stages - {"balance", "model", "levers"}:
+        if not stages - standalone - {"model"}:
             break
         videos = build_corpus(work, kind, a)
         say(f"{kind}: {len(videos)} videos of {a.frames} frames, stride {PRESETS[kind]}")

@@ -188,8 +188,10 @@ def test_a_segment_of_a_matroska_file_does_not_count_its_packets_again(encoded, 
 
 class FakeNvdec:
     """A stand-in for PyNvVideoCodec's SimpleDecoder over a clean file whose frames, in
-    display order, have the timestamps `pts`: seek_to_index lands where `landing` says,
-    and `dropped` frames never come out (a decoder that skips a broken frame)."""
+    display order, have the timestamps `pts` shifted by `shift` (2.2.4 ignores an MP4's edit
+    list: two frames early on x264 files): seek_to_index lands where `landing` says (index
+    0 at the start), and `dropped` frames never come out (a decoder that skips a broken
+    frame)."""
 
     class Frame:
         def __init__(self, pts):
@@ -198,12 +200,12 @@ class FakeNvdec:
         def getPTS(self):
             return self.pts
 
-    def __init__(self, pts, landing, dropped=()):
-        self.frames = [self.Frame(int(p)) for i, p in enumerate(pts) if i not in dropped]
-        self.landing, self.position = landing, 0
+    def __init__(self, pts, landing, dropped=(), shift=0):
+        self.frames = [self.Frame(int(p) + shift) for i, p in enumerate(pts) if i not in dropped]
+        self.landing, self.position, self.shift = landing, 0, shift
 
     def seek_to_index(self, index):
-        self.position = self.landing(index)
+        self.position = self.landing(index) if index else 0
 
     def get_batch_frames(self, n):
         out = self.frames[self.position:self.position + n]
@@ -212,28 +214,31 @@ class FakeNvdec:
 
 
 def segment_of(index, first, last, decoder, chunk=8):
+    """(frame number, timestamp in the index's terms) of each frame segment_batches yields."""
     from extractor.decode.nvdec import segment_batches
 
     keyframe_pts, pts = index.start_of(first, last)
     keyframe = int(np.searchsorted(index.pts, keyframe_pts))
     got = []
-    for ids, frames in segment_batches(decoder, first, keyframe, pts, chunk):
+    for ids, frames in segment_batches(decoder, first, keyframe, pts, chunk, int(index.pts[0])):
         assert len(ids) == len(frames) <= chunk
-        got += [(int(i), f.pts) for i, f in zip(ids, frames)]
+        got += [(int(i), f.pts - decoder.shift) for i, f in zip(ids, frames)]
     return got
 
 
+@pytest.mark.parametrize("shift", [0, -1024, 512])
 @pytest.mark.parametrize("landing", ["keyframe", "exact", "earlier_keyframe"])
-def test_nvdec_numbers_a_segments_frames_by_their_timestamps(encoded, landing):
+def test_nvdec_numbers_a_segments_frames_by_their_timestamps(encoded, landing, shift):
     """Wherever NVDEC's seek lands at or before the segment (its keyframe, the frame itself,
-    a keyframe before), the frames it returns are numbered by the index and checked frame
-    by frame: exactly frames first..last, each with its own timestamp."""
+    a keyframe before), and whatever constant its timestamps are shifted by (measured on
+    frame 0), the frames it returns are numbered by the index and checked frame by frame:
+    exactly frames first..last, each with its own timestamp."""
     path = encoded / "open_gop.mp4"
     index, _ = frame_index(path, 150)
     keyframes = np.searchsorted(index.pts, index.keyframes)
     lands = {"keyframe": lambda i: i, "exact": lambda i: 70,
              "earlier_keyframe": lambda i: int(keyframes[np.searchsorted(keyframes, i) - 1])}[landing]
-    got = segment_of(index, 70, 100, FakeNvdec(index.pts, lands))
+    got = segment_of(index, 70, 100, FakeNvdec(index.pts, lands, shift=shift))
     assert got == [(i, int(index.pts[i])) for i in range(70, 101)]
 
 
@@ -251,7 +256,8 @@ def test_nvdec_out_of_step_stops_at_the_first_wrong_frame(encoded):
 
         keyframe_pts, pts = index.start_of(70, 100)
         decoder = FakeNvdec(index.pts, lambda i: i, dropped={85})
-        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8):
+        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8,
+                                           int(index.pts[0])):
             delivered += [(int(i), f.pts) for i, f in zip(ids, frames)]
     assert delivered == [(i, int(index.pts[i])) for i in range(70, 85)]
     with pytest.raises(OutOfStep, match="the stream ended before frame 140"):

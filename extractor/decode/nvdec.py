@@ -136,13 +136,22 @@ def whole_video_batches(decoder, num_frames: int, last: int, chunk: int):
         position += len(frames)
 
 
-def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: int):
+def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: int, zero_pts: int):
     """(frame numbers, frames) for frames first..first + len(pts) - 1, after a seek to frame
     `keyframe` (a keyframe at or before `first`): frames shown before pts[0] are passed over,
     and every later frame must have the next timestamp of `pts` (FrameIndex.start_of), the
     same check as the CPU path's. Anything else raises OutOfStep, after the frames that
-    were right."""
+    were right.
+
+    NVDEC's timestamps can be the container's shifted by a constant: PyNvVideoCodec 2.2.4
+    does not apply an MP4's edit list, so on x264 files with B-frames they were two frames
+    early (H100, 2026-11-27), and frames shifted by two passed a check of uniformly spaced
+    timestamps. So the shift is measured first on frame 0, decoded from the start (frame 0
+    is the first frame out of a decoding from the start, the numbering of every path), where
+    the index says `zero_pts`."""
     try:
+        decoder.seek_to_index(0)
+        shift = int(decoder.get_batch_frames(1)[0].getPTS()) - zero_pts
         decoder.seek_to_index(keyframe)
     except Exception as e:
         raise OutOfStep(f"the seek failed ({first_line(e)})") from None
@@ -155,7 +164,7 @@ def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: 
         if not frames:
             raise OutOfStep(f"the stream ended before frame {first + got}")
         try:
-            stamps = np.array([f.getPTS() for f in frames], dtype=np.int64)
+            stamps = np.array([f.getPTS() for f in frames], dtype=np.int64) - shift
         except Exception as e:
             raise OutOfStep(f"no frame timestamps ({first_line(e)})") from None
         if got == 0:  # still between the keyframe and the segment
@@ -245,7 +254,7 @@ class NvdecSession(threading.Thread):
         else:  # a segment, checked against the video's index also when it begins in the first GOP
             first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
             keyframe = int(np.searchsorted(pts, job.start[0])) if job.start is not None else 0
-            batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk)
+            batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk, int(pts[0]))
         delivered, last_report, keep_decoder = -1, time.monotonic(), False
         try:
             for ids, frames in batches:
