@@ -296,3 +296,34 @@ def test_what_nvdec_did_not_deliver_a_cpu_decoder_finishes_from_the_index(encode
     rest, fell_back = planes_of(path, part.needed, part.start)
     assert fell_back == "" and sorted(rest) == list(range(85, 121))
     assert all(np.array_equal(rest[i], whole[i]) for i in rest)
+
+
+@pytest.mark.parametrize("name, leading", [("closed.mp4", False), ("open_gop.mp4", True), ("hevc.mp4", True),
+                                           ("vfr.mp4", False), ("stream.ts", False), ("closed.mkv", False)])
+def test_open_gops_are_found_in_the_packets_and_kept_from_nvdec(encoded, name, leading):
+    """A stream with frames decoded after a keyframe but shown before it (x264's open-gop,
+    HEVC's CRA pictures) is found from its packets' timestamps alone; NVDEC, whose pixels
+    differ from FFmpeg's on those frames, does not get it, whole or in segments."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.readers import scan_packets
+    from extractor.decode.source import FrameSource, nvdec_cannot
+    from extractor.pipeline import VideoJob
+
+    path = encoded / name
+    assert scan_packets(path).leading_pictures == leading
+    info = PyAVReader(path, 1, True).info
+    info.leading_pictures = scan_packets(path).leading_pictures
+    assert ("open GOP" in nvdec_cannot(info)) == leading
+    if name == "stream.ts":
+        return
+    index, _ = frame_index(path, info.num_frames)
+    assert index.leading_pictures == leading
+    source = SimpleNamespace(sessions=["a session"], plan=SimpleNamespace(segment_frames=40), clip_len=16,
+                             new_job=lambda p: VideoJob(p), next_vid=0, session_lock=threading.Lock(), backlog=[])
+    video = VideoJob(path, info=info)
+    video.starts = clip_starts(info.num_frames, 16, 16)
+    FrameSource._split(source, video, index)
+    assert len(video.parts) >= 3 and source.backlog == video.parts
+    assert all(part.for_nvdec != leading for part in video.parts)

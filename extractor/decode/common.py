@@ -28,6 +28,9 @@ class VideoInfo:
     codec: str = ""
     pix_fmt: str = ""
     interlaced: bool = False
+    # Frames decoded after a keyframe but shown before it (the leading pictures of open
+    # GOPs): None where the packets were not read. NVDEC decodes them differently from FFmpeg.
+    leading_pictures: Optional[bool] = None
 
     @property
     def layout(self) -> str:
@@ -52,6 +55,7 @@ class FrameIndex:
     start from. Only made for files where every packet has its own timestamp."""
     pts: np.ndarray  # int64, increasing: frame i's presentation timestamp
     keyframes: np.ndarray  # int64, increasing: keyframes' presentation timestamps
+    leading_pictures: bool = False  # see VideoInfo.leading_pictures
 
     def start_of(self, first: int, last: int) -> Optional[tuple[int, np.ndarray]]:
         """How a decoder reaches frames first..last: (the timestamp of the last keyframe at

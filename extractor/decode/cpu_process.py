@@ -33,7 +33,7 @@ import numpy as np
 
 from ..clips import clip_starts, needed_frames
 from .common import DecodeError, first_line, packed_frame_bytes
-from .readers import READERS, PyAVReader, frame_index
+from .readers import READERS, PyAVReader, frame_index, scan_packets
 
 
 class Stopped(Exception):
@@ -104,7 +104,9 @@ class DecoderProcess:
             self.conn.send(("probed", vid, None, f"{type(e).__name__}: {first_line(e)}", None))
             return
         reader.close()
-        index, why = splittable(path, reader.info, split)
+        scan = scan_packets(Path(path))  # (probed videos are for NVDEC, which must not get open GOPs)
+        reader.info.leading_pictures = scan.leading_pictures
+        index, why = splittable(path, reader.info, split, scan)
         self.conn.send(("probed", vid, reader.info, why, index))
 
     def wait_for_space(self, nbytes: int) -> int:
@@ -200,12 +202,15 @@ class DecoderProcess:
                 reader.close()
 
 
-def splittable(path, info, split: int):
+def splittable(path, info, split: int, scan=None):
     """(FrameIndex, '') for a video to decode in segments: at least 2 x `split` frames and
-    packets that number its frames exactly; else (None, why not: '' for a short video)."""
+    packets that number its frames exactly; else (None, why not: '' for a short video).
+    `scan`: its packets, read already (readers.scan_packets)."""
     if not split or info.num_frames < 2 * split:
         return None, ""
-    index, why = frame_index(Path(path), info.num_frames)
+    index, why = frame_index(Path(path), info.num_frames, scan)
+    if index is not None:
+        info.leading_pictures = index.leading_pictures
     return index, (f"not split into segments: {why}" if index is None else "")
 
 

@@ -5,6 +5,7 @@ layout (the GPU converts them to RGB exactly as FFmpeg would), or one RGB array.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -278,30 +279,55 @@ def count_packets(path: Path) -> int:
         return 0
 
 
-def frame_index(path: Path, num_frames: int) -> tuple[Optional[FrameIndex], str]:
-    """The video's FrameIndex, read from its packets (no decoding), or (None, why not) when
-    its packets cannot number its frames exactly (a packet without a timestamp, two with
-    the same, packets the demuxer marks to discard, a count that is not the container's
-    frame count, fewer than two keyframes) or its container is not one that FFmpeg seeks
-    in by an index of its frames (MP4/MOV and Matroska/WebM: seeks in MPEG-TS landed past
-    the keyframe asked for, so every segment decoded from the start)."""
+@dataclass
+class PacketScan:
+    """What one pass over a video's packets (no decoding) tells."""
+    pts: list  # presentation timestamps, in decoding order
+    keys: list  # keyframes' presentation timestamps
+    why_not: str  # why the packets cannot number the frames exactly ('' if they can)
+    container: str
+    # a packet after a keyframe in decoding order but shown before it (an open GOP's
+    # leading picture), e.g. x264's open-gop=1 or HEVC's CRA pictures
+    leading_pictures: bool = False
+
+
+def scan_packets(path: Path) -> PacketScan:
     import av
 
-    pts, keys = [], []
+    pts, keys, why, last_key, leading = [], [], "", None, False
     try:
         with av.open(str(path)) as container:
-            if not any(name in SEEKABLE_FORMATS for name in container.format.name.split(",")):
-                return None, f"{container.format.name} container"
+            name = container.format.name
             for packet in video_packets(container):
                 if packet.pts is None:
-                    return None, "a packet without a timestamp"
+                    why = why or "a packet without a timestamp"
+                    continue
                 if packet.is_discard or packet.is_corrupt:
-                    return None, "packets marked discard or corrupt"
+                    why = why or "packets marked discard or corrupt"
                 pts.append(packet.pts)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
+                    last_key = packet.pts
+                elif last_key is not None and packet.pts < last_key:
+                    leading = True
     except Exception as e:
-        return None, f"its packets could not be read ({first_line(e)})"
+        return PacketScan([], [], f"its packets could not be read ({first_line(e)})", "", False)
+    return PacketScan(pts, keys, why, name, leading)
+
+
+def frame_index(path: Path, num_frames: int, scan: Optional[PacketScan] = None) -> tuple[Optional[FrameIndex], str]:
+    """The video's FrameIndex, read from its packets (no decoding; `scan`: read already),
+    or (None, why not) when its packets cannot number its frames exactly (a packet without
+    a timestamp, two with the same, packets the demuxer marks to discard, a count that is
+    not the container's frame count, fewer than two keyframes) or its container is not one
+    that FFmpeg seeks in by an index of its frames (MP4/MOV and Matroska/WebM: seeks in
+    MPEG-TS landed past the keyframe asked for, so every segment decoded from the start)."""
+    scan = scan or scan_packets(path)
+    if scan.container and not any(name in SEEKABLE_FORMATS for name in scan.container.split(",")):
+        return None, f"{scan.container} container"
+    if scan.why_not:
+        return None, scan.why_not
+    pts, keys = scan.pts, scan.keys
     order = np.sort(np.asarray(pts, dtype=np.int64))
     if len(order) != num_frames:
         return None, f"{len(order)} packets for {num_frames} frames"
@@ -309,7 +335,7 @@ def frame_index(path: Path, num_frames: int) -> tuple[Optional[FrameIndex], str]
         return None, "two packets with one timestamp"
     if len(keys) < 2:
         return None, "fewer than two keyframes"
-    return FrameIndex(order, np.unique(np.asarray(keys, dtype=np.int64))), ""
+    return FrameIndex(order, np.unique(np.asarray(keys, dtype=np.int64)), scan.leading_pictures), ""
 
 
 READERS = {"pyav": PyAVReader, "decord": DecordReader}

@@ -411,7 +411,8 @@ class FrameSource:
         """Makes the video's segments (job.parts) and puts them first in the backlog, in
         order, for the CPU decoder processes and, where NVDEC can decode the video, its
         sessions."""
-        nvdec = bool(self.sessions) and not nvdec_cannot(job.info)
+        why_not_nvdec = (nvdec_cannot(job.info) or (index.leading_pictures and "open GOP")) if self.sessions else ""
+        nvdec = bool(self.sessions) and not why_not_nvdec
         job.index = index
         for first, end in segment_clips(job.starts, self.clip_len, self.plan.segment_frames):
             part = self.new_job(job.path)
@@ -423,7 +424,7 @@ class FrameSource:
             part.for_nvdec = nvdec
             job.parts.append(part)
         job.decoder = ""  # its segments' decoders say who read it
-        job.decoder_note = f"{len(job.parts)} segments"
+        job.decoder_note = f"{len(job.parts)} segments" + (f"; not for NVDEC: {why_not_nvdec}" if why_not_nvdec else "")
         with self.session_lock:
             self.backlog[0:0] = job.parts
 
@@ -514,11 +515,15 @@ def used(video, decoder: str):
 
 def nvdec_cannot(info: VideoInfo) -> str:
     """Why NVDEC should not decode this video ('' if it can): it must give exactly the
-    frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive)."""
+    frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive,
+    no open GOPs: on the leading pictures of x264 open-gop and HEVC CRA streams NVDEC's
+    pixels were not FFmpeg's, decoding from the start included)."""
     if info.codec not in NVDEC_CODECS:
         return f"codec {info.codec}"
     if info.layout != "yuv420p":
         return f"pixel format {info.pix_fmt}"
     if info.interlaced:
         return "interlaced"
+    if info.leading_pictures:  # NVDEC's pixels differed from FFmpeg's on them (H100, 2026-11-27)
+        return "open GOP (frames decoded after a keyframe are shown before it)"
     return ""
