@@ -21,6 +21,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
   balance   one worker against --gpus workers on a mixed-length corpus
   segments  NVDEC decoding long videos in segments against the CPU decoder, on encodings that
             keep decoder state differently (bench/segments.py)
+  nvdec_frames  NVDEC's frames against FFmpeg's byte for byte, from the start and after seeks, on
+            closed and open GOPs (bench/nvdec_frames.py)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
@@ -308,7 +310,11 @@ def main():
         from segments import run_segments
 
         results["segments"] = run_segments(work, a.source, a.logs, say)
-    standalone = {"balance", "levers", "segments"}
+    if "nvdec_frames" in stages:
+        from nvdec_frames import run_nvdec_frames
+
+        results["nvdec_frames"] = run_nvdec_frames(work, a.source, say)
+    standalone = {"balance", "levers", "segments", "nvdec_frames"}
     ckpt = checkpoint(work, a.quick) if stages - standalone else None
     model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
     for kind in a.corpora.split(","):
