@@ -82,9 +82,14 @@ def test_frames_out_of_step_with_the_index_fall_back_to_decoding_from_the_start(
     assert all(np.array_equal(got[i], whole[i]) for i in range(60, 91))
 
 
-def test_only_files_whose_packets_number_their_frames_are_split(encoded, tmp_path):
+def test_only_files_whose_packets_number_their_frames_are_split(encoded, tmp_path, monkeypatch):
+    from extractor.decode import readers
+
     path = encoded / "stream.ts"
-    assert frame_index(path, PyAVReader(path).info.num_frames) == (None, "mpegts container")
+    n = PyAVReader(path).info.num_frames
+    with monkeypatch.context() as m:  # a container it does not split: no packet is read
+        m.setattr(readers, "video_packets", lambda container: pytest.fail("packets read"))
+        assert frame_index(path, n) == (None, "mpegts container")
     one_keyframe = tmp_path / "one_keyframe.mp4"
     write_frames(one_keyframe, synthetic_frames(40, 48, 64), options={"g": "1000"})
     assert frame_index(one_keyframe, 40) == (None, "fewer than two keyframes")

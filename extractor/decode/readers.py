@@ -291,13 +291,16 @@ class PacketScan:
     leading_pictures: bool = False
 
 
-def scan_packets(path: Path) -> PacketScan:
+def scan_packets(path: Path, formats: Optional[set] = None) -> PacketScan:
+    """`formats`: read no packets of a container not among them (frame_index needs none)."""
     import av
 
     pts, keys, why, last_key, leading = [], [], "", None, False
     try:
         with av.open(str(path)) as container:
             name = container.format.name
+            if formats is not None and not seekable(name, formats):
+                return PacketScan([], [], f"{name} container", name, False)
             for packet in video_packets(container):
                 if packet.pts is None:
                     why = why or "a packet without a timestamp"
@@ -315,6 +318,11 @@ def scan_packets(path: Path) -> PacketScan:
     return PacketScan(pts, keys, why, name, leading)
 
 
+def seekable(container: str, formats: set) -> bool:
+    """Whether FFmpeg's name for a container ("mov,mp4,m4a,...") is one of `formats`."""
+    return any(name in formats for name in container.split(","))
+
+
 def frame_index(path: Path, num_frames: int, scan: Optional[PacketScan] = None) -> tuple[Optional[FrameIndex], str]:
     """The video's FrameIndex, read from its packets (no decoding; `scan`: read already),
     or (None, why not) when its packets cannot number its frames exactly (a packet without
@@ -322,8 +330,8 @@ def frame_index(path: Path, num_frames: int, scan: Optional[PacketScan] = None) 
     not the container's frame count, fewer than two keyframes) or its container is not one
     that FFmpeg seeks in by an index of its frames (MP4/MOV and Matroska/WebM: seeks in
     MPEG-TS landed past the keyframe asked for, so every segment decoded from the start)."""
-    scan = scan or scan_packets(path)
-    if scan.container and not any(name in SEEKABLE_FORMATS for name in scan.container.split(",")):
+    scan = scan or scan_packets(path, SEEKABLE_FORMATS)
+    if scan.container and not seekable(scan.container, SEEKABLE_FORMATS):
         return None, f"{scan.container} container"
     if scan.why_not:
         return None, scan.why_not

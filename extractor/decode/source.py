@@ -208,8 +208,8 @@ class FrameSource:
         video.nvdec_refused = True
         for part in [job, *video.parts]:
             part.for_nvdec = False
-        where = f"after frame {delivered}" if delivered >= 0 else "before its first frames"
-        note = f"NVDEC stopped {where}" + (f" of a segment ({reason})" if job.root is not None else f" ({reason})")
+        at = f"after frame {delivered}" if delivered >= 0 else "before its first frames"
+        note = f"NVDEC stopped {at}" + (f" of a segment ({reason})" if job.root is not None else f" ({reason})")
         video.decoder_note = "; ".join(filter(None, [video.decoder_note, note]))
         if not said:
             self.report({"type": "warning", "video": video.name, "msg": f"{note}: a CPU decoder takes it over"})
@@ -411,7 +411,7 @@ class FrameSource:
         """Makes the video's segments (job.parts) and puts them first in the backlog, in
         order, for the CPU decoder processes and, where NVDEC can decode the video, its
         sessions."""
-        why_not_nvdec = (nvdec_cannot(job.info) or (index.leading_pictures and "open GOP")) if self.sessions else ""
+        why_not_nvdec = nvdec_cannot(job.info) if self.sessions else ""  # (info has the index's open-GOP finding)
         nvdec = bool(self.sessions) and not why_not_nvdec
         job.index = index
         for first, end in segment_clips(job.starts, self.clip_len, self.plan.segment_frames):
