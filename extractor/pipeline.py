@@ -96,6 +96,7 @@ class VideoJob:
     t_claimed: float = field(default_factory=time.perf_counter)
     t_claim: float = 0.0  # monotonic time of the claim (the frame source paces claims with it)
     t_decode: float = 0.0
+    t_probe: float = 0.0  # when it was sent to the prober (for NVDEC)
     launched: int = 0  # clips of it given to the model so far
     abandoned: bool = False  # a decoder died holding it (or one of its segments)
     # A long video is decoded in segments: each is a VideoJob of its own for the frame
@@ -256,7 +257,7 @@ class Engine:
             else:
                 seconds += end - start
             outs.append(out)
-        return torch.cat(outs), seconds
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), seconds
 
 
 class ClaimPace:
@@ -349,9 +350,10 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
         owners, handles = batch
         feats, seconds = engine.result(handles)
         pace.ran(len(owners), seconds)
+        rows = feats.numpy()  # (one torch call: in this process each costs a turn of the GIL)
         for row, (job, num) in enumerate(owners):
             if not job.video.failed:
-                job.features[num] = feats[row].numpy()
+                job.features[num] = rows[row]
                 job.filled += 1
                 job.video.model_s += seconds / len(owners)
         for video in {id(j.video): j.video for j, _ in owners}.values():
@@ -439,4 +441,5 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     report({"type": "peak", "ram_gib": memory.peak / 2**30,
             "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0,
             "clips": pace.total, "work_s": time.perf_counter() - pace.t0 if pace.t0 else 0.0,
-            "waited_s": pace.waited_s, "frames_by_decoder": dict(source.frames_by_decoder)})
+            "waited_s": pace.waited_s, "frames_by_decoder": dict(source.frames_by_decoder),
+            "nvdec": source.nvdec_use()})

@@ -332,3 +332,34 @@ def test_open_gops_are_found_in_the_packets_and_kept_from_nvdec(encoded, name, l
     FrameSource._split(source, video, index)
     assert len(video.parts) >= 3 and source.backlog == video.parts
     assert all(part.for_nvdec != leading for part in video.parts)
+
+
+def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch):
+    """The worker's summary says how long its NVDEC sessions sat idle and why no video was
+    claimed for them: session-seconds, attributed to the reason in force since the last
+    dispatch."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode import source as source_module
+    from extractor.progress import nvdec_use
+
+    clock = [100.0]
+    monkeypatch.setattr(source_module.time, "perf_counter", lambda: clock[0])
+    queued = [True]
+    source = SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=["a", "b"],
+                             probing=[], backlog=[], cpu=[None] * 4, nvdec_idle={}, idle_sessions=0, idle_why="",
+                             t_idle=0.0, refused="", started=True, _claim=lambda: None,
+                             _short_of_frames=lambda: not queued[0])
+    feed = source_module.FrameSource._feed_nvdec_sessions
+    feed(source)  # two idle sessions: the main thread has frames enough
+    clock[0], queued[0], source.refused = 103.0, False, "no videos left"
+    feed(source)  # 2 x 3 s to "frames enough queued"; now the queue is empty
+    clock[0] = 104.0
+    feed(source)
+    idle = {why: s for why, s in source.nvdec_idle.items() if s}
+    assert idle == {"frames enough queued": 6.0, "no videos left": 2.0}
+    line = nvdec_use({"sessions": 2, "busy_s": 2.0, "idle_s": source.nvdec_idle, "count": 4, "total_s": 0.8,
+                      "longest_s": 0.3}, 5.0)
+    assert line == (" | NVDEC sessions busy 20% of the time; idle for want of a claim: frames enough queued 75%, "
+                    "no videos left 25% | probes for NVDEC: 4, 0.20s on average, longest 0.30s")

@@ -200,6 +200,7 @@ class NvdecSession(threading.Thread):
         self.inbox: queue.Queue = queue.Queue()
         self.room = threading.Semaphore(plan.prefetch)  # chunks the main thread has not taken yet
         self.decoder, self.path = None, ""
+        self.busy_s = 0.0  # seconds spent on jobs
 
     def run(self):
         try:
@@ -214,9 +215,11 @@ class NvdecSession(threading.Thread):
                 job = self.inbox.get()
                 if job is None:
                     return
+                t0 = time.perf_counter()
                 try:
                     self.decode(job)
                 finally:
+                    self.busy_s += time.perf_counter() - t0
                     self.source.session_free(self)
         finally:
             self._drop_decoder()

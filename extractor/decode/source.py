@@ -107,6 +107,11 @@ class FrameSource:
         # the budget from the model's rate.
         self.clips_held = 0
         self.frames_by_decoder = {"cpu": 0, "nvdec": 0}  # frames delivered, for the worker's summary
+        self.probes = {"count": 0, "total_s": 0.0, "longest_s": 0.0}  # the prober's answers, claim to answer
+        # Session-seconds NVDEC sessions were idle, by why no video was claimed for them
+        # (FrameSource._claim's `refused`), for the worker's summary.
+        self.nvdec_idle: dict[str, float] = {}
+        self.idle_sessions, self.idle_why, self.t_idle, self.refused, self.started = 0, "", 0.0, "", False
         self.clip_budget = START_CLIPS
         self.measured = False  # whether the budget comes from the model's measured rate
         self.held_lock = threading.Lock()
@@ -127,6 +132,7 @@ class FrameSource:
 
             self.prober = self._start_decoder(-1)
             self.sessions = [NvdecSession(i, device, self, plan, maker) for i in range(plan.nvdec_sessions)]
+        self.all_sessions = list(self.sessions)  # (a broken one leaves `sessions`)
         self.returns: queue.Queue = queue.Queue()
         self.returner = threading.Thread(target=self._give_back_loop, daemon=True, name="give-back")
         self.returner.start()
@@ -141,6 +147,7 @@ class FrameSource:
             for s in self.sessions:
                 s.start()
             self.free_sessions = list(self.sessions)
+            self.started = True
         self._wake()
 
     def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
@@ -163,6 +170,11 @@ class FrameSource:
         self.returner.join(timeout=10)
         for d in self.cpu + ([self.prober] if self.prober else []) + self.retired:
             d.stop(kill=d in self.retired)
+
+    def nvdec_use(self) -> dict:
+        """For the worker's summary: its NVDEC sessions, their seconds with a job, the probes."""
+        return {"sessions": self.plan.nvdec_sessions, "busy_s": sum(s.busy_s for s in self.all_sessions),
+                "idle_s": dict(self.nvdec_idle), **self.probes}
 
     def pss_bytes(self) -> int:
         """Memory of the decoder processes (their share of the buffers they map included)."""
@@ -288,16 +300,19 @@ class FrameSource:
         one per decoder (at start-up, before its model is ready, a few); and never more
         clips than `clip_budget`, so that at the end of the queue no GPU is left holding
         much more work than the others."""
-        if self.exhausted or not self._short_of_frames() or self.clips_held >= self.clip_budget:
+        self.refused = "no videos left" if self.exhausted else "frames enough queued" \
+            if not self._short_of_frames() else "clips held at the budget" if self.clips_held >= self.clip_budget else ""
+        if self.refused:
             return None
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
         unopened = sum(job.info is None for job in self.starting)
         if len(self.starting) >= STARTING or (unopened and not self.measured):
+            self.refused = "claims not started yet"
             return None  # (before the model runs, one claim at a time: a worker that starts late holds little)
         claimed = self.claim_video()
         if claimed is None:
-            self.exhausted = True
+            self.exhausted, self.refused = True, "no videos left"
             return None
         path, fault = claimed
         job = self.new_job(path)
@@ -308,6 +323,11 @@ class FrameSource:
 
     def _dispatch(self):
         self._segments_to_nvdec()
+        self._feed_cpu_decoders()
+        self._feed_nvdec_sessions()
+
+    def _feed_cpu_decoders(self):
+        """Idle decoder processes take the backlog first, then new claims."""
         for d in self.cpu:
             if d.job is not None:
                 continue
@@ -329,20 +349,33 @@ class FrameSource:
             job.decoder = d.reader
             d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
                     job.fault, self.plan.split_frames))
+
+    def _feed_nvdec_sessions(self):
+        """New claims for free NVDEC sessions go to the prober first (it says whether NVDEC can
+        decode them, and splits long ones). Counts the time sessions stay idle, by why."""
+        now, why = time.perf_counter(), ""
+        self.nvdec_idle[self.idle_why] = self.nvdec_idle.get(self.idle_why, 0.0) + self.idle_sessions * (now - self.t_idle)
         while self.prober is not None:
             with self.session_lock:
                 free = len(self.free_sessions) - len(self.probing)
                 full = len(self.backlog) >= len(self.cpu)  # NVDEC declined many: do not hoard videos
-            if free <= 0 or full or not self._short_of_frames():
+            why = "" if free <= 0 else "videos NVDEC declined waiting" if full else \
+                "frames enough queued" if not self._short_of_frames() else ""
+            if why or free <= 0:
                 break
             job = self._claim()
             if job is None:
+                why = self.refused
                 break
             self.probing.append(job)
             self.jobs[job.vid] = job
+            job.t_probe = time.perf_counter()
             self.prober.send(("probe", job.vid, str(job.path), self.plan.split_frames))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
+        with self.session_lock:  # sessions now idle that no video is being probed for, and why
+            self.idle_sessions = max(0, len(self.free_sessions) - len(self.probing)) if self.started else 0
+        self.idle_why, self.t_idle = why or "waiting for the prober", now
 
     def _segments_to_nvdec(self):
         """Free NVDEC sessions take the segments in the backlog that NVDEC can decode."""
@@ -442,6 +475,10 @@ class FrameSource:
         self.queue.put(event)
 
     def _probed(self, job, info: Optional[VideoInfo], reason: str, index: Optional[FrameIndex]):
+        took = time.perf_counter() - job.t_probe
+        self.probes["count"] += 1
+        self.probes["total_s"] += took
+        self.probes["longest_s"] = max(self.probes["longest_s"], took)
         self.probing.remove(job)
         self.jobs.pop(job.vid, None)
         if info is None:
