@@ -47,8 +47,11 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
                 frames += len(event[2])
             elif kind == "decoded":
                 decoders[event[1].decoder] = decoders.get(event[1].decoder, 0) + 1
-            elif kind in ("fail", "fatal"):
-                failed[str(event[1].path.name if event[1] else "source")] = event[2]
+            elif kind == "fail":
+                failed[event[1].path.name] = event[2]
+            elif kind == "fatal":
+                failed["source"] = event[2]
+                break
     finally:
         source.close()
     wall = time.perf_counter() - t0

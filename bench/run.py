@@ -23,6 +23,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             keep decoder state differently (bench/segments.py)
   nvdec_frames  NVDEC's frames against FFmpeg's byte for byte, from the start and after seeks, on
             closed and open GOPs (bench/nvdec_frames.py)
+  nvdec_calls  PyNvVideoCodec call by call: time, GIL held (alone and with the GPU busy), and
+            NVDEC's CPU cost per frame (bench/nvdec_calls.py)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
@@ -314,7 +316,11 @@ def main():
         from nvdec_frames import run_nvdec_frames
 
         results["nvdec_frames"] = run_nvdec_frames(work, a.source, say)
-    standalone = {"balance", "levers", "segments", "nvdec_frames"}
+    if "nvdec_calls" in stages:
+        from nvdec_calls import run_nvdec_calls
+
+        results["nvdec_calls"] = run_nvdec_calls(work, a.source, say)
+    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls"}
     ckpt = checkpoint(work, a.quick) if stages - standalone else None
     model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
     for kind in a.corpora.split(","):
