@@ -42,13 +42,18 @@ def run_nvdec_calls(work: Path, source: Path, say) -> dict:
     paths = res.stdout.split()
     hd, small = paths[:-1], paths[-1]
     res = subprocess.run([sys.executable, __file__, hd[0], hd[1], small, *hd], capture_output=True, text=True)
-    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    # (PyNvVideoCodec warns on stdout for every frame asked for past the end of a file)
+    lines = [line for line in res.stdout.splitlines() if line.strip() and "INVALID INDEX" not in line]
     for line in lines[:-1]:
         say(line)
     if res.returncode != 0 or not lines:
         say(f"  nvdec_calls FAILED: {res.stderr[-2000:]}")
         return {"error": res.stderr[-2000:]}
     return json.loads(lines[-1])
+
+
+# What follows runs in the child process (`__main__` at the end), whose globals it uses: torch,
+# PyNvVideoCodec (nvc), the device, PyTorch's CUDA context (ctx), the streams and the files.
 
 
 def gpu_busy(ms=300):
