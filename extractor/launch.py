@@ -246,16 +246,20 @@ class Coordinator(threading.Thread):
 # Workers and their supervisor
 
 
-def injected_fault(name: str, attempt: int) -> Optional[str]:
+def injected_fault(name: str, attempt: int, ready: Optional[threading.Event] = None) -> Optional[str]:
     """Test hook: FEAT_EXTRACTION_KILL_WORKER_ON='a.mp4:1,b.mp4:*,c.mp4:*:hang,d.mp4:1:crash'
     kills the worker that takes a.mp4 on its first attempt and b.mp4 on every attempt
-    (SIGKILL, as the OOM killer would), and returns the fault for the decoder process that
-    takes the video to inject: c.mp4's hangs every time, d.mp4's dies (SIGKILL) the first time."""
+    (SIGKILL, as the OOM killer would, once `ready` is set: a worker claims a video while its
+    model loads, and one that dies before it is ready is not restarted), and returns the
+    fault for the decoder process that takes the video to inject: c.mp4's hangs every time,
+    d.mp4's dies (SIGKILL) the first time."""
     spec = os.environ.get("FEAT_EXTRACTION_KILL_WORKER_ON")
     for item in spec.split(",") if spec else []:
         video, when, action = (item.split(":") + ["kill"])[:3]
         if video == name and (when == "*" or when == str(attempt)):
             if action == "kill":
+                if ready is not None:
+                    ready.wait(timeout=120)
                 os.kill(os.getpid(), signal.SIGKILL)
             return action
     return None
@@ -303,11 +307,16 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
     the pipeline on them."""
     _die_with_parent()
     dump_stacks_on_sigusr1()
-    send_lock, claim_lock = threading.Lock(), threading.Lock()
+    send_lock, claim_lock, ready = threading.Lock(), threading.Lock(), threading.Event()
 
     def send(msg):
         with send_lock:
             conn.send(msg)
+
+    def report(ev: dict):
+        send(("event", ev))
+        if ev.get("type") == "ready":
+            ready.set()
 
     def claim() -> Optional[tuple[Path, Optional[str]]]:
         """The next video and the decoder fault to inject into it (tests only)."""
@@ -317,7 +326,7 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
         if reply is None:
             return None
         name, attempt = reply
-        return data_path / name, injected_fault(name, attempt)
+        return data_path / name, injected_fault(name, attempt, ready)
 
     try:
         torch.set_num_threads(max(1, cpu_threads))
@@ -328,7 +337,7 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
             device = torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        run_worker(cfg, device, claim, lambda ev: send(("event", ev)), cpu_budget=cpu_threads)
+        run_worker(cfg, device, claim, report, cpu_budget=cpu_threads)
         send(("exit",))
     except Exception as e:
         where = traceback.extract_tb(e.__traceback__)[-1]
