@@ -349,7 +349,7 @@ def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch
     queued = [True]
     source = SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=["a", "b"],
                              probing=[], backlog=[], cpu=[None] * 4, nvdec_idle={}, idle_sessions=0, idle_why="",
-                             t_idle=0.0, refused="", started=True, _claim=lambda: None,
+                             t_idle=0.0, refused="", _claim=lambda: None,
                              _short_of_frames=lambda: not queued[0])
     feed = source_module.FrameSource._feed_nvdec_sessions
     feed(source)  # two idle sessions: the main thread has frames enough

@@ -111,7 +111,7 @@ class FrameSource:
         # Session-seconds NVDEC sessions were idle, by why no video was claimed for them
         # (FrameSource._claim's `refused`), for the worker's summary.
         self.nvdec_idle: dict[str, float] = {}
-        self.idle_sessions, self.idle_why, self.t_idle, self.refused, self.started = 0, "", 0.0, "", False
+        self.idle_sessions, self.idle_why, self.t_idle, self.refused = 0, "", 0.0, ""
         self.clip_budget = START_CLIPS
         self.measured = False  # whether the budget comes from the model's measured rate
         self.held_lock = threading.Lock()
@@ -147,7 +147,6 @@ class FrameSource:
             for s in self.sessions:
                 s.start()
             self.free_sessions = list(self.sessions)
-            self.started = True
         self._wake()
 
     def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
@@ -374,7 +373,7 @@ class FrameSource:
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
         with self.session_lock:  # sessions now idle that no video is being probed for, and why
-            self.idle_sessions = max(0, len(self.free_sessions) - len(self.probing)) if self.started else 0
+            self.idle_sessions = max(0, len(self.free_sessions) - len(self.probing))  # (none free before they start)
         self.idle_why, self.t_idle = why or "waiting for the prober", now
 
     def _segments_to_nvdec(self):
