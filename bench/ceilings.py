@@ -30,7 +30,7 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
 
     def claim():
         with lock:
-            return (todo.pop(0), None) if todo else None
+            return (todo.pop(0), None, None) if todo else None  # (None: no tail splitting)
 
     t0 = time.perf_counter()
     source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device, SurfacesOnly())

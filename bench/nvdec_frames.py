@@ -111,7 +111,7 @@ def run_nvdec_frames(work: Path, source: Path, say=print) -> dict:
                 continue
             ids_all, bad, error = [], [], ""
             try:
-                for ids, frames in segment_batches(decoder, first, int(k), pts[first:first + 40], 16, int(pts[0])):
+                for ids, frames in segment_batches(decoder, first, int(k), pts[first:first + 40], 16, shift):
                     bad += [int(i) for i, h in zip(ids, plane_hashes(frames)) if h != d["hashes"][i]]
                     ids_all += ids.tolist()
             except Exception as e:

@@ -28,12 +28,24 @@ def needed_frames(starts: list[int], clip_len: int, num_frames: int) -> np.ndarr
     return np.unique(np.minimum(idx, num_frames - 1))
 
 
-def segment_clips(starts: list[int], clip_len: int, segment_frames: int) -> list[tuple[int, int]]:
+def segment_clips(starts: list[int], clip_len: int, segment_frames: int,
+                  keyframes: np.ndarray = None) -> list[tuple[int, int]]:
     """A long video's clips in runs [first, end) of about `segment_frames` frames each,
-    as even as whole clips allow: the segments that decoders take apart."""
+    as even as whole clips allow: the segments that decoders take apart. With the video's
+    `keyframes` (frame numbers), a segment begins, where one is near enough, with the first
+    clip at or after a keyframe, since a decoder seeks to the keyframe before the segment
+    and decodes every frame from there: up to a GOP of frames no clip uses."""
     if not starts:
         return []
     span = starts[-1] + clip_len - starts[0]
     parts = max(1, min(len(starts), -(-span // max(1, segment_frames))))
     bounds = np.linspace(0, len(starts), parts + 1).round().astype(int)
+    if keyframes is not None and parts > 1:
+        at_keyframes = np.unique(np.searchsorted(np.asarray(starts), np.asarray(keyframes)))
+        reach = max(1, len(starts) // parts // 3)  # moving a bound by up to a third of a segment
+        for j in range(1, parts):
+            near = at_keyframes[(at_keyframes > bounds[j - 1]) & (at_keyframes < bounds[j + 1])
+                                & (np.abs(at_keyframes - bounds[j]) <= reach)]
+            if near.size:
+                bounds[j] = near[np.argmin(np.abs(near - bounds[j]))]
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]

@@ -318,15 +318,16 @@ def _worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, co
         if ev.get("type") == "ready":
             ready.set()
 
-    def claim() -> Optional[tuple[Path, Optional[str]]]:
-        """The next video and the decoder fault to inject into it (tests only)."""
+    def claim() -> Optional[tuple[Path, Optional[str], Optional[float]]]:
+        """The next video, the decoder fault to inject into it (tests only), and the videos
+        left in the queue per worker of the run (None: not known, for a video tried again)."""
         with claim_lock:
             send(("claim",))
             reply = conn.recv()
         if reply is None:
             return None
-        name, attempt = reply
-        return data_path / name, injected_fault(name, attempt, ready)
+        name, attempt, left = reply
+        return data_path / name, injected_fault(name, attempt, ready), left
 
     try:
         torch.set_num_threads(max(1, cpu_threads))
@@ -503,6 +504,7 @@ class Supervisor:
     def _serve_claims(self, worker: _Worker) -> None:
         while worker.waiting_claims:
             worker.waiting_claims -= 1
+            left = None
             if worker.only is not None:
                 name, worker.given = (None if worker.given else worker.only), True
             elif self.again[worker.rank]:
@@ -510,6 +512,7 @@ class Supervisor:
             else:
                 i = self.group.store.add("claimed", 1) - 1
                 name = self.todo[i] if i < len(self.todo) else None
+                left = max(0, len(self.todo) - i - 1) / self.group.world_size
             if name is None:
                 worker.conn.send(None)
                 continue
@@ -517,7 +520,7 @@ class Supervisor:
             worker.held[name] = attempt
             worker.decoding[name] = time.monotonic()
             self._publish(worker, {"type": "claimed", "video": name, "attempt": attempt})
-            worker.conn.send((name, attempt))
+            worker.conn.send((name, attempt, left))
 
     def _queue_left(self) -> bool:
         return self.group.store.add("claimed", 0) < len(self.todo)

@@ -97,6 +97,7 @@ class VideoJob:
     t_claim: float = 0.0  # monotonic time of the claim (the frame source paces claims with it)
     t_decode: float = 0.0
     t_probe: float = 0.0  # when it was sent to the prober (for NVDEC)
+    segment_frames: int = 0  # frames per segment, if it is long enough to split (DecodePlan.split_frames)
     launched: int = 0  # clips of it given to the model so far
     abandoned: bool = False  # a decoder died holding it (or one of its segments)
     # A long video is decoded in segments: each is a VideoJob of its own for the frame
@@ -108,6 +109,7 @@ class VideoJob:
     start: Optional[tuple] = None  # a segment's keyframe and timestamps (FrameIndex.start_of)
     index: Optional[FrameIndex] = None  # a split video's: where each of its frames is
     for_nvdec: bool = False  # a segment an NVDEC session may take
+    nvdec_shift: Optional[int] = None  # a split video's NVDEC timestamps less its index's (nvdec.timestamp_shift)
     nvdec_refused: bool = False  # NVDEC stopped on it (or one of its segments): the CPU decodes the rest
 
     @property
@@ -247,6 +249,11 @@ class Engine:
         return handles
 
     @staticmethod
+    def finished(handles: list) -> bool:
+        """Whether the device has finished the batches of `handles` (result will not wait)."""
+        return all(done is None or done.query() for _, done, _, _ in handles)
+
+    @staticmethod
     def result(handles: list) -> tuple[torch.Tensor, float]:
         """(features (n, C) float32 on the CPU, seconds the device spent on them)."""
         outs, seconds = [], 0.0
@@ -258,6 +265,9 @@ class Engine:
                 seconds += end - start
             outs.append(out)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), seconds
+
+
+QUEUED_BATCHES = 2  # batches launched and not collected before the main thread waits for the device
 
 
 class ClaimPace:
@@ -373,7 +383,9 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             for job, _, _ in take:
                 job.video.launched += 1
             pace.launched(len(take))
-            while len(in_flight) > 1:  # keep one batch queued on the device, collect the one before
+            # Collect the batches the device has finished; wait for one only with more than
+            # QUEUED_BATCHES queued, so that this thread goes back to the frames at once.
+            while in_flight and (len(in_flight) > QUEUED_BATCHES or engine.finished(in_flight[0][1])):
                 collect(in_flight.pop(0))
 
     def drop(video: VideoJob):

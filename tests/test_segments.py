@@ -2,6 +2,8 @@
 numbered by the container's index and checked against it, and the features are those of
 the video decoded in one piece."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,28 +113,92 @@ def test_segments_cover_every_clip_once_in_even_runs(n, clip_len, stride, size):
     assert np.array_equal(needed, needed_frames(starts, clip_len, n))
 
 
-def test_split_videos_give_the_features_of_whole_ones(encoded, tmp_path):
-    """The CLI with segments of 30 frames and three decoder processes: the same features
-    as without segments, and the manifest says which videos were split and why the
-    MPEG-TS one was not."""
+def test_segments_begin_just_after_a_keyframe_where_one_is_near():
+    """Given the video's keyframes, a segment begins with the first clip at or after a
+    keyframe within a third of a segment of its even place, so that a decoder's seek does
+    not decode up to a GOP of frames no clip uses; the segments still cover every clip once."""
+    keyframes = np.array([0, 250, 500, 660, 910])  # the hacs-like bench video's (x264 defaults)
+    for stride in (16, 4):
+        starts = clip_starts(1000, 16, stride)
+        even, aligned = segment_clips(starts, 16, 250), segment_clips(starts, 16, 250, keyframes)
+        assert len(aligned) == len(even) == 4
+        assert aligned[0][0] == 0 and aligned[-1][1] == len(starts)
+        assert all(a[1] == b[0] for a, b in zip(aligned, aligned[1:]))
+
+        def unused(parts):  # frames decoded from the keyframe before each segment up to it
+            return sum(starts[a] - keyframes[keyframes <= starts[a]].max() for a, _ in parts)
+
+        assert unused(aligned) < 4 * stride < unused(even)
+    # no keyframe near: the even split stays
+    assert segment_clips(starts, 16, 250, np.array([0])) == segment_clips(starts, 16, 250)
+
+
+def test_videos_claimed_at_the_tail_of_the_queue_are_split_finer():
+    """With fewer videos left per worker than it has decoders, a claimed video is asked to
+    split into segments TAIL_SPLIT times shorter; before that, at --segment_frames; never
+    with the decord reader (it does not seek) or with segments off."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.source import TAIL_SPLIT, DecodePlan, FrameSource
+    from extractor.pipeline import VideoJob
+
+    plan = DecodePlan(cpu_decoders=5, nvdec_sessions=0)
+    assert plan.split_frames() == 1500 and plan.split_frames(tail=True) == 1500 // TAIL_SPLIT < 1500
+    assert DecodePlan(5, 0, reader="decord").split_frames(tail=True) == 0
+    assert DecodePlan(5, 0, segment_frames=0).split_frames(tail=True) == 0
+    lefts = iter([9.0, 5.0, 4.5, None, 0.0])
+    source = SimpleNamespace(exhausted=False, _short_of_frames=lambda: True, clips_held=0, clip_budget=100,
+                             starting=[], measured=True, plan=plan, cpu=[None] * 5, sessions=[], next_vid=0,
+                             claim_video=lambda: (Path("v.mp4"), None, next(lefts)), new_job=VideoJob,
+                             held_lock=threading.Lock())
+    got = []
+    for _ in range(5):
+        job = FrameSource._claim(source)
+        source.starting.clear()
+        got.append(job.segment_frames)
+    assert got == [1500, 1500, 1500 // TAIL_SPLIT, 1500, 1500 // TAIL_SPLIT]  # None: a video tried again
+
+
+def split_against_whole(encoded, tmp_path, names, segment_frames: int) -> tuple[dict, str]:
+    """The CLI with three decoder processes on copies of `names`, without segments and with
+    --segment_frames `segment_frames`: asserts the features are the same; returns the
+    split run's manifest notes (video -> decoder_note) and its output."""
     data = tmp_path / "videos"
     data.mkdir()
-    for name in ("open_gop.mp4", "hevc.mp4", "vfr.mp4", "stream.ts"):
+    for name in names:
         (data / name).write_bytes((encoded / name).read_bytes())
     outs = {}
-    for name, frames in (("whole", "0"), ("split", "30")):
+    for name, frames in (("whole", 0), ("split", segment_frames)):
         outs[name] = tmp_path / name
         res = run_cli(*tiny_args(data, outs[name], "--data_set", "hacs", "--cpu_decoders", "3",
-                                 "--segment_frames", frames))
+                                 "--segment_frames", str(frames)))
         assert res.returncode == 0, res.stdout + res.stderr
-    assert "segments of 30 frames" in res.stdout
-    notes = {v: e.get("decoder_note", "") for v, e in read_manifest(outs["split"]).items()}
-    assert notes == {"open_gop.mp4": "5 segments", "hevc.mp4": "5 segments", "vfr.mp4": "5 segments",
-                     "stream.ts": "not split into segments: mpegts container"}
     for f in sorted(outs["whole"].glob("*.npy")):
         whole, split = np.load(f), np.load(outs["split"] / f.name)
         assert whole.shape == split.shape == (9, 128)
         assert np.abs(whole - split).max() <= 1e-6 * np.abs(whole).max()
+    return {v: e.get("decoder_note", "") for v, e in read_manifest(outs["split"]).items()}, res.stdout
+
+
+def test_split_videos_give_the_features_of_whole_ones(encoded, tmp_path):
+    """The CLI with segments of 30 frames and three decoder processes: the same features
+    as without segments, and the manifest says which videos were split and why the
+    MPEG-TS one was not."""
+    notes, out = split_against_whole(encoded, tmp_path, ("open_gop.mp4", "hevc.mp4", "vfr.mp4", "stream.ts"), 30)
+    assert "segments of 30 frames" in out
+    assert notes == {"open_gop.mp4": "5 segments", "hevc.mp4": "5 segments", "vfr.mp4": "5 segments",
+                     "stream.ts": "not split into segments: mpegts container"}
+
+
+def test_videos_at_the_tail_of_the_queue_are_split_and_give_the_features_of_whole_ones(encoded, tmp_path):
+    """Four 150-frame videos, three decoder processes, --segment_frames 400: the first
+    video claimed is decoded whole (150 < 2 x 400), the three claimed with fewer videos
+    left than decoders are split into segments of about 400 / TAIL_SPLIT frames; the
+    features are those of whole decoding."""
+    notes, out = split_against_whole(encoded, tmp_path, ("closed.mp4", "open_gop.mp4", "hevc.mp4", "vfr.mp4"), 400)
+    assert "segments of 400 frames (66 at the end of the queue)" in out
+    assert sorted(notes.values()) == ["", "3 segments", "3 segments", "3 segments"], notes
 
 
 def test_a_decoder_that_dies_on_a_segment_gives_the_video_one_more_try(encoded, tmp_path):
@@ -220,12 +286,14 @@ class FakeNvdec:
 
 def segment_of(index, first, last, decoder, chunk=8):
     """(frame number, timestamp in the index's terms) of each frame segment_batches yields."""
-    from extractor.decode.nvdec import segment_batches
+    from extractor.decode.nvdec import segment_batches, timestamp_shift
 
     keyframe_pts, pts = index.start_of(first, last)
     keyframe = int(np.searchsorted(index.pts, keyframe_pts))
     got = []
-    for ids, frames in segment_batches(decoder, first, keyframe, pts, chunk, int(index.pts[0])):
+    shift = timestamp_shift(decoder, int(index.pts[0]))
+    assert shift == decoder.shift
+    for ids, frames in segment_batches(decoder, first, keyframe, pts, chunk, shift):
         assert len(ids) == len(frames) <= chunk
         got += [(int(i), f.pts - decoder.shift) for i, f in zip(ids, frames)]
     return got
@@ -261,8 +329,7 @@ def test_nvdec_out_of_step_stops_at_the_first_wrong_frame(encoded):
 
         keyframe_pts, pts = index.start_of(70, 100)
         decoder = FakeNvdec(index.pts, lambda i: i, dropped={85})
-        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8,
-                                           int(index.pts[0])):
+        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8, 0):
             delivered += [(int(i), f.pts) for i, f in zip(ids, frames)]
     assert delivered == [(i, int(index.pts[i])) for i in range(70, 85)]
     with pytest.raises(OutOfStep, match="the stream ended before frame 140"):

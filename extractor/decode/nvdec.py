@@ -136,22 +136,27 @@ def whole_video_batches(decoder, num_frames: int, last: int, chunk: int):
         position += len(frames)
 
 
-def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: int, zero_pts: int):
-    """(frame numbers, frames) for frames first..first + len(pts) - 1, after a seek to frame
-    `keyframe` (a keyframe at or before `first`): frames shown before pts[0] are passed over,
-    and every later frame must have the next timestamp of `pts` (FrameIndex.start_of), the
-    same check as the CPU path's. Anything else raises OutOfStep, after the frames that
-    were right.
-
-    NVDEC's timestamps can be the container's shifted by a constant: PyNvVideoCodec 2.2.4
-    does not apply an MP4's edit list, so on x264 files with B-frames they were two frames
-    early (H100, 2026-11-27), and frames shifted by two passed a check of uniformly spaced
-    timestamps. So the shift is measured first on frame 0, decoded from the start (frame 0
-    is the first frame out of a decoding from the start, the numbering of every path), where
-    the index says `zero_pts`."""
+def timestamp_shift(decoder, zero_pts: int) -> int:
+    """NVDEC's timestamps less the container's, for segment_batches. They can differ by a
+    constant: PyNvVideoCodec 2.2.4 does not apply an MP4's edit list, so on x264 files with
+    B-frames they were two frames early (H100, 2026-11-27), and frames shifted by two passed
+    a check of uniformly spaced timestamps. Measured on frame 0, decoded from the start
+    (frame 0 is the first frame out of a decoding from the start, the numbering of every
+    path), where the index says `zero_pts`."""
     try:
         decoder.seek_to_index(0)
-        shift = int(decoder.get_batch_frames(1)[0].getPTS()) - zero_pts
+        return int(decoder.get_batch_frames(1)[0].getPTS()) - zero_pts
+    except Exception as e:
+        raise OutOfStep(f"the seek to frame 0 failed ({first_line(e)})") from None
+
+
+def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: int, shift: int):
+    """(frame numbers, frames) for frames first..first + len(pts) - 1, after a seek to frame
+    `keyframe` (a keyframe at or before `first`): frames shown before pts[0] are passed over,
+    and every later frame must have the next timestamp of `pts` (FrameIndex.start_of), less
+    NVDEC's `shift` (timestamp_shift), the same check as the CPU path's. Anything else
+    raises OutOfStep, after the frames that were right."""
+    try:
         decoder.seek_to_index(keyframe)
     except Exception as e:
         raise OutOfStep(f"the seek failed ({first_line(e)})") from None
@@ -205,7 +210,9 @@ class NvdecSession(threading.Thread):
     def run(self):
         try:
             torch.cuda.set_device(self.device)
-            self.stream = torch.cuda.Stream(self.device)
+            # High priority: a batch's conversion is a few small kernels that the session waits
+            # for before it decodes on, and behind the model's they waited (H100, 2026-11-27).
+            self.stream = torch.cuda.Stream(self.device, priority=-1)
             self.context = current_context_handle(self.device)
         except Exception as e:
             self.source.session_broken(self, first_line(e))
@@ -252,14 +259,16 @@ class NvdecSession(threading.Thread):
             self._drop_decoder()
             self.source.nvdec_stopped(job, -1, first_line(e))
             return
-        if job.root is None:
-            batches = whole_video_batches(self.decoder, info.num_frames, int(needed[-1]), chunk)
-        else:  # a segment, checked against the video's index also when it begins in the first GOP
-            first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
-            keyframe = int(np.searchsorted(pts, job.start[0])) if job.start is not None else 0
-            batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk, int(pts[0]))
         delivered, last_report, keep_decoder = -1, time.monotonic(), False
         try:
+            if job.root is None:
+                batches = whole_video_batches(self.decoder, info.num_frames, int(needed[-1]), chunk)
+            else:  # a segment, checked against the video's index also when it begins in the first GOP
+                first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
+                keyframe = int(np.searchsorted(pts, job.start[0])) if job.start is not None else 0
+                if video.nvdec_shift is None:  # once per video (the seek to frame 0 holds the GIL 6-37 ms)
+                    video.nvdec_shift = timestamp_shift(self.decoder, int(pts[0]))
+                batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk, video.nvdec_shift)
             for ids, frames in batches:
                 if self.source.stopping:
                     return

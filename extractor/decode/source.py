@@ -28,6 +28,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..clips import clip_starts, needed_frames, segment_clips
@@ -41,6 +42,11 @@ STARTING = 4  # videos a worker may have claimed and not yet seen frames of
 # workers that top their holdings up to the same horizon run out of work together.
 HELD_SECONDS = 8.0
 START_CLIPS = 1024
+# At the tail of the queue (fewer videos left per worker than the worker has decoders) a
+# video is split into segments this many times shorter, so that a worker's decoders, fast
+# NVDEC sessions and slower CPU processes alike, run out of work together rather than
+# waiting for whichever took the last whole video.
+TAIL_SPLIT = 6
 
 
 @dataclass
@@ -61,12 +67,15 @@ class DecodePlan:
         threads = self.cpu_threads or "auto"
         cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
         nvdec = f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else ""
-        return cpu + nvdec + (f", segments of {self.segment_frames} frames" if self.split_frames else "")
+        split = f", segments of {self.split_frames()} frames ({self.split_frames(tail=True)} at the end of the queue)"
+        return cpu + nvdec + (split if self.split_frames() else "")
 
-    @property
-    def split_frames(self) -> int:
-        """Segment length asked of the decoder processes (only the PyAV reader seeks)."""
-        return self.segment_frames if self.reader == "pyav" else 0
+    def split_frames(self, tail: bool = False) -> int:
+        """Segment length asked of the decoder processes (only the PyAV reader seeks), shorter
+        for a video claimed at the tail of the queue (TAIL_SPLIT)."""
+        if self.reader != "pyav" or not self.segment_frames:
+            return 0
+        return min(self.segment_frames, max(64, self.segment_frames // TAIL_SPLIT)) if tail else self.segment_frames
 
 
 class HostChunk:
@@ -313,9 +322,10 @@ class FrameSource:
         if claimed is None:
             self.exhausted, self.refused = True, "no videos left"
             return None
-        path, fault = claimed
+        path, fault, left = claimed
         job = self.new_job(path)
         job.vid, job.fault, job.t_claim = self.next_vid, fault, now
+        job.segment_frames = self.plan.split_frames(tail=left is not None and left < len(self.cpu) + len(self.sessions))
         self.starting.append(job)
         self.next_vid += 1
         return job
@@ -347,7 +357,7 @@ class FrameSource:
                 continue
             job.decoder = d.reader
             d.send(("video", job.vid, str(job.path), self.clip_len, self.stride, threads, self.plan.chunk_frames,
-                    job.fault, self.plan.split_frames))
+                    job.fault, job.segment_frames))
 
     def _feed_nvdec_sessions(self):
         """New claims for free NVDEC sessions go to the prober first (it says whether NVDEC can
@@ -369,7 +379,7 @@ class FrameSource:
             self.probing.append(job)
             self.jobs[job.vid] = job
             job.t_probe = time.perf_counter()
-            self.prober.send(("probe", job.vid, str(job.path), self.plan.split_frames))
+            self.prober.send(("probe", job.vid, str(job.path), job.segment_frames))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
         with self.session_lock:  # sessions now idle that no video is being probed for, and why
@@ -377,7 +387,11 @@ class FrameSource:
         self.idle_why, self.t_idle = why or "waiting for the prober", now
 
     def _segments_to_nvdec(self):
-        """Free NVDEC sessions take the segments in the backlog that NVDEC can decode."""
+        """Free NVDEC sessions take the segments in the backlog that NVDEC can decode, while
+        the main thread is short of frames (as for new claims: NVDEC's threads cost the
+        thread that feeds the GPU some of its time, which a run the model bounds cannot spare)."""
+        if not self._short_of_frames():
+            return
         with self.session_lock:
             while self.free_sessions:
                 job = next((j for j in self.backlog if j.for_nvdec), None)
@@ -446,7 +460,8 @@ class FrameSource:
         why_not_nvdec = nvdec_cannot(job.info) if self.sessions else ""  # (info has the index's open-GOP finding)
         nvdec = bool(self.sessions) and not why_not_nvdec
         job.index = index
-        for first, end in segment_clips(job.starts, self.clip_len, self.plan.segment_frames):
+        keyframes = np.searchsorted(index.pts, index.keyframes)
+        for first, end in segment_clips(job.starts, self.clip_len, job.segment_frames, keyframes):
             part = self.new_job(job.path)
             part.root, part.first_clip, part.info, part.fault = job, first, job.info, job.fault
             part.vid, self.next_vid = self.next_vid, self.next_vid + 1
