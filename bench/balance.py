@@ -45,7 +45,8 @@ def mixed_corpus(out: Path, kind: str, count: int, min_s: float, max_s: float, s
 
 def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH / "media" / "bigbuckbunny_720p.mp4",
                 count: int = 16, min_s: float = 10, max_s: float = 300, kinds=("charades", "hacs"), logs: Path = None,
-                timeout: float = 1200) -> dict:
+                timeout: float = 1200, profile_s: float = 0) -> dict:
+    """`profile_s`: py-spy samples of the workers of the run with several (bench/cli.profile)."""
     from cli import run_cli
     from fidelity import compare
 
@@ -71,7 +72,8 @@ def run_balance(work: Path, gpus: int, quick: bool = False, source: Path = BENCH
     for kind in kinds:
         data = mixed_corpus(work, kind, count, min_s, max_s, source, quick)
         runs = [{"world_size": n, **run_cli(data, work / f"balance_{kind}_{n}", ckpt, kind, ["--world_size", str(n), *extra],
-                                            quick, logs / f"balance_{kind}_{n}.log", timeout)} for n in (1, gpus)]
+                                            quick, logs / f"balance_{kind}_{n}.log", timeout,
+                                            profile_s if n > 1 else 0)} for n in (1, gpus)]
         r = results[kind] = {"runs": runs}
         for run in runs:
             if "error" in run:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,10 +22,12 @@ HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
 
 
 def profile(proc: subprocess.Popen, log: Path, seconds: float):
-    """py-spy (where installed) samples the worker process, 5 s after it is ready: for
-    `seconds` every thread, idle or not (.pyspy.txt beside the log; `--native` gave no output on
-    the H100 machine, 2026-11-26), then for `seconds` only
-    the thread holding the GIL (.gil.txt). Collapsed stacks."""
+    """py-spy (where installed) samples every worker process at once, 5 s after the first is
+    ready: for `seconds` every thread, idle or not (.pyspy.txt beside the log; `--native` gave
+    no output on the H100 machine, 2026-11-26), then for `seconds` only the thread holding the
+    GIL (.gil.txt), collapsed stacks; each thread's share of a core (.cpu.txt); meanwhile
+    `nvidia-smi dmon`, each GPU's utilisation, clocks and power every second (.dmon.txt).
+    With several workers, each file is named by its worker's GPU (.gpu1.pyspy.txt)."""
     import shutil
 
     spy = shutil.which("py-spy")
@@ -38,18 +41,65 @@ def profile(proc: subprocess.Popen, log: Path, seconds: float):
     time.sleep(5)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-    for pid in workers[:1]:
-        before, t0, machine0 = thread_cpu(pid), time.monotonic(), machine_cpu()
-        for mode, suffix in ((["--idle"], ".pyspy.txt"), (["--gil"], ".gil.txt")):
-            subprocess.run([spy, "record", "--pid", pid, "--duration", str(int(seconds)), "--rate", "200", *mode,
-                            "--threads", "--nonblocking", "--format", "raw", "--output",
-                            str(log.with_suffix(suffix))], capture_output=True, text=True)
-        after, wall, machine1 = thread_cpu(pid), time.monotonic() - t0, machine_cpu()
-        busy = {tid: (after[tid] - before.get(tid, 0)) / wall for tid in after}
-        names = python_thread_names(log.with_suffix(".pyspy.txt"))
-        used = (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1])
-        log.with_suffix(".cpu.txt").write_text(f"machine: {used:.1%} of {os.cpu_count()} cores busy\n" + "".join(
+    gpus = worker_gpus(workers)
+    dmon = None
+    if shutil.which("nvidia-smi"):
+        with open(log.with_suffix(".dmon.txt"), "w") as fh:
+            dmon = subprocess.Popen(["nvidia-smi", "dmon", "-s", "puc", "-d", "1", "-c", str(int(2 * seconds))],
+                                    stdout=fh, stderr=subprocess.STDOUT)
+    threads = [threading.Thread(target=_sample_worker, args=(spy, pid, log, seconds,
+                                                             (f".gpu{gpus[pid]}" if pid in gpus else f".pid{pid}")
+                                                             if len(workers) > 1 else ""))
+               for pid in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if dmon is not None:
+        try:
+            dmon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dmon.kill()
+
+
+def _sample_worker(spy: str, pid: str, log: Path, seconds: float, tag: str):
+    out = log.with_suffix(f"{tag}.pyspy.txt")
+    before, t0, machine0 = thread_cpu(pid), time.monotonic(), machine_cpu()
+    for mode, suffix in ((["--idle"], ".pyspy.txt"), (["--gil"], ".gil.txt")):
+        subprocess.run([spy, "record", "--pid", pid, "--duration", str(int(seconds)), "--rate", "200", *mode,
+                        "--threads", "--nonblocking", "--format", "raw", "--output",
+                        str(log.with_suffix(tag + suffix))], capture_output=True, text=True)
+    after, wall, machine1 = thread_cpu(pid), time.monotonic() - t0, machine_cpu()
+    busy = {tid: (after[tid] - before.get(tid, 0)) / wall for tid in after}
+    names = python_thread_names(out)
+    used = (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1])
+    log.with_suffix(f"{tag}.cpu.txt").write_text(
+        f"worker pid {pid}: machine {used:.1%} of {os.cpu_count()} cores busy\n" + "".join(
             f"{share:6.1%} {tid} {names.get(tid, '')}\n" for tid, share in sorted(busy.items(), key=lambda kv: -kv[1])))
+
+
+def worker_gpus(pids: list) -> dict:
+    """Process id -> index of the GPU it computes on: from nvidia-smi, else (a container whose
+    process ids nvidia-smi does not see) from the one /dev/nvidiaN the process has open."""
+    out = {}
+    try:
+        q = lambda what: subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader"],  # noqa: E731
+                                        capture_output=True, text=True, timeout=20).stdout.splitlines()
+        index = {uuid.strip(): i.strip() for i, uuid in (line.split(",") for line in q("gpu=index,uuid"))}
+        out = {pid.strip(): index.get(uuid.strip(), "?") for pid, uuid in
+               (line.split(",")[:2] for line in q("compute-apps=pid,gpu_uuid"))}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    for pid in pids:
+        if pid not in out:
+            try:
+                nodes = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+            except OSError:
+                continue
+            numbered = [n for n in nodes if re.fullmatch(r"/dev/nvidia\d+", n)]
+            if len(numbered) == 1:
+                out[pid] = numbered[0].removeprefix("/dev/nvidia")
+    return out
 
 
 def thread_cpu(pid: str) -> dict:

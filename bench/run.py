@@ -18,7 +18,7 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             pixel-exact fp32 path
   original  the original program's pipeline and its plan (needs decord)
   levers    model-only settings one by one (dtype, attention kernel, compile modes: --levers)
-  balance   one worker against --gpus workers on a mixed-length corpus
+  balance   one worker against --gpus workers on a mixed-length corpus (of each of --corpora)
   segments  NVDEC decoding long videos in segments against the CPU decoder, on encodings that
             keep decoder state differently (bench/segments.py)
   nvdec_frames  NVDEC's frames against FFmpeg's byte for byte, from the start and after seeks, on
@@ -282,7 +282,8 @@ def main():
                                                        "(capitalised NAME=VALUE tokens: environment), e.g. "
                                                        "'defaults;cpu=--decoder cpu'")
     ap.add_argument("--cli_timeout", type=float, default=1200, help="seconds before a CLI run is stopped")
-    ap.add_argument("--profile_s", type=float, default=0, help="e2e: seconds of py-spy samples of the worker")
+    ap.add_argument("--profile_s", type=float, default=0, help="e2e and balance: seconds of py-spy samples of "
+                                                                         "the workers")
     ap.add_argument("--fidelity_features", default="hacs,charades", help="fidelity: corpora whose features are "
                                                                           "compared (pixels are, on every corpus)")
     a = ap.parse_args()
@@ -307,7 +308,8 @@ def main():
         from balance import run_balance
 
         results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source, logs=a.logs,
-                                         timeout=a.cli_timeout)
+                                         timeout=a.cli_timeout, profile_s=a.profile_s,
+                                         kinds=tuple(k for k in PRESETS if k in a.corpora.split(",")))
     if "segments" in stages:
         from segments import run_segments
 
