@@ -19,14 +19,10 @@ from extractor.pipeline import VideoJob  # noqa: E402
 
 
 class SurfacesOnly:
-    """Stands in for the InputMaker: NVDEC batches are returned as they are, and the decoder
-    processes' chunks are not copied anywhere (decode only)."""
+    """Stands in for the InputMaker: NVDEC batches are returned as they are (decode only)."""
 
     def from_nv12(self, batch, info):
         return batch
-
-    def from_host(self, host, count, info, colour):
-        return host, None
 
 
 def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16) -> dict:

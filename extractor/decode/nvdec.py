@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .common import DecodeError, first_line, where
-from .source import ReadyChunk
 
 # NVDEC engines per GPU (NVIDIA's Video Codec SDK support matrix); the first match of a
 # name fragment wins. Unknown GPUs count as one engine.
@@ -99,6 +98,23 @@ def nv12_batch(frames) -> torch.Tensor:
     work. (Views over several frames' surfaces at once, built from their addresses, failed
     with "invalid argument" on 480p videos and were no faster at 720p: H100, 2026-11-26.)"""
     return torch.stack([_surface(f) for f in frames])
+
+
+class DeviceChunk:
+    """Frames an NVDEC session already made into model input, on its own CUDA stream."""
+
+    def __init__(self, x: torch.Tensor, ready: torch.cuda.Event, room: threading.Semaphore):
+        self.x, self.ready, self.room = x, ready, room
+
+    def to_input(self, maker) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self.x.device)
+        stream.wait_event(self.ready)
+        self.x.record_stream(stream)
+        self.room.release()
+        return self.x
+
+    def discard(self):
+        self.room.release()
 
 
 class OutOfStep(Exception):
@@ -269,7 +285,7 @@ class NvdecSession(threading.Thread):
                 while not self.room.acquire(timeout=0.5):
                     if self.source.stopping:
                         return
-                self.source.put(("frames", job, ids[keep], ReadyChunk(x, ready, self.room)))
+                self.source.put(("frames", job, ids[keep], DeviceChunk(x, ready, self.room)))
                 delivered = int(ids[keep][-1])
                 self.source.delivered(job, int(keep.sum()), "nvdec")
                 ready.synchronize()  # the decoder may reuse its surfaces for the next batch

@@ -16,16 +16,13 @@ features are the same as in one piece. Whatever an NVDEC session cannot finish, 
 decoder process finishes from the first frame it did not deliver.
 One thread here (`_serve`) claims videos for idle decoders, reads what the decoder
 processes send, restarts one that dies, kills one that hangs and tells the supervisor that
-decoding moves; another (`_upload`) makes the decoder processes' chunks model input, so that
-the main thread only assembles clips and runs the model; a third gives buffer space back
-once the GPU has copied it."""
+decoding moves; another gives buffer space back once the GPU has copied it."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
@@ -50,9 +47,6 @@ START_CLIPS = 1024
 # NVDEC sessions and slower CPU processes alike, run out of work together rather than
 # waiting for whichever took the last whole video.
 TAIL_SPLIT = 6
-# Chunks of a decoder process made model input ahead of the main thread (upload thread):
-# this many per decoder process at most (GPU memory: about 3 MB each at 720p, 10 at 480p).
-UPLOADED_AHEAD = 2
 
 
 @dataclass
@@ -100,26 +94,6 @@ class HostChunk:
 
     def discard(self):
         self.source.give_back_after(None, self.decoder, self.offset)
-
-
-class ReadyChunk:
-    """Frames already made model input off the main thread (by the upload thread, or an NVDEC
-    session), on a side stream: usable after `ready` (None: at once). Until the main thread
-    takes them they hold a place of `room`, which bounds the input made ahead of it."""
-
-    def __init__(self, x: torch.Tensor, ready: Optional[torch.cuda.Event], room: threading.Semaphore):
-        self.x, self.ready, self.room = x, ready, room
-
-    def to_input(self, maker) -> torch.Tensor:
-        if self.ready is not None:
-            stream = torch.cuda.current_stream(self.x.device)
-            stream.wait_event(self.ready)
-            self.x.record_stream(stream)
-        self.room.release()
-        return self.x
-
-    def discard(self):
-        self.room.release()
 
 
 class FrameSource:
@@ -171,13 +145,6 @@ class FrameSource:
         self.returns: queue.Queue = queue.Queue()
         self.returner = threading.Thread(target=self._give_back_loop, daemon=True, name="give-back")
         self.returner.start()
-        # The decoder processes' events, in order, for the upload thread: their chunks become
-        # model input there, at most UPLOADED_AHEAD per decoder process not yet taken.
-        self.maker = maker
-        self.uploads: queue.Queue = queue.Queue()
-        self.upload_room = threading.Semaphore(UPLOADED_AHEAD * max(1, plan.cpu_decoders))
-        self.uploader = threading.Thread(target=self._upload_loop, daemon=True, name="upload")
-        self.uploader.start()
         self.thread = threading.Thread(target=self._serve_loop, daemon=True, name="frame-source")
         self.thread.start()
 
@@ -207,8 +174,6 @@ class FrameSource:
         for s in self.sessions:
             if s.is_alive():
                 s.join(timeout=max(0.1, deadline - time.monotonic()))
-        self.uploads.put(None)
-        self.uploader.join(timeout=10)
         self.returns.put(None)
         self.returner.join(timeout=10)
         for d in self.cpu + ([self.prober] if self.prober else []) + self.retired:
@@ -295,37 +260,6 @@ class FrameSource:
             decoder.give_back(offset)
             self._wake()
 
-    def _upload_loop(self):
-        try:
-            self._upload()
-        except BaseException as e:  # the main thread reports it
-            self.queue.put(("fatal", None, f"upload: {type(e).__name__}: {e} ({where(e)})"))
-
-    def _upload(self):
-        """Passes the decoder processes' events on to the main thread in order, their chunks
-        made model input on a stream of this thread (high priority: the model waits for them)."""
-        stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda else None
-        while True:
-            event = self.uploads.get()
-            if event is None:
-                return
-            if event[0] == "frames":
-                job, chunk = event[1], event[3]
-                if job.video.failed:
-                    chunk.discard()
-                    continue
-                while not self.upload_room.acquire(timeout=0.5):
-                    if self.stopping:
-                        chunk.discard()
-                        return
-                with torch.inference_mode(), torch.cuda.stream(stream) if stream else nullcontext():
-                    x, ready = chunk.to_input(self.maker), None
-                    if stream is not None:
-                        ready = torch.cuda.Event()
-                        ready.record(stream)
-                event = ("frames", job, event[2], ReadyChunk(x, ready, self.upload_room))
-            self.queue.put(event)
-
     def _serve_loop(self):
         try:
             self._serve()
@@ -351,7 +285,7 @@ class FrameSource:
                 last_vouch = now
                 self._watch(now)
             if self._finished():
-                self.uploads.put(("exit", None))  # after the chunks still being made input
+                self.queue.put(("exit", None))
                 return
 
     def _finished(self) -> bool:
@@ -363,7 +297,7 @@ class FrameSource:
 
     def _short_of_frames(self) -> bool:
         """Whether the main thread is short of chunks (then the GPU waits for frames)."""
-        return self.queue.qsize() + self.uploads.qsize() <= max(1, len(self.cpu) // 2)
+        return self.queue.qsize() <= max(1, len(self.cpu) // 2)
 
     def _claim(self):
         """The next video from the worker's share of the queue, or None: when there is none,
@@ -492,7 +426,7 @@ class FrameSource:
                 indices = msg[3]
                 d.held += 1
                 self.delivered(job, len(indices), "cpu")
-                self.uploads.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
+                self.queue.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
             elif kind == "note":
                 video = job.root or job
                 video.decoder_note = "; ".join(filter(None, [video.decoder_note, msg[2]]))
@@ -552,7 +486,7 @@ class FrameSource:
         self.jobs.pop(job.vid, None)
         if job in self.starting:  # it ended (a broken file): no reason to wait for its frames
             self.starting.remove(job)
-        self.uploads.put(event)  # after its frames
+        self.queue.put(event)
 
     def _probed(self, job, info: Optional[VideoInfo], reason: str, index: Optional[FrameIndex]):
         took = time.perf_counter() - job.t_probe
