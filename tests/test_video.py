@@ -118,6 +118,33 @@ def test_ring_hands_out_regions_in_order_and_waits_when_full():
         ring.give_back(5)  # given back out of order
 
 
+def test_decoder_processes_run_below_the_worker_and_the_prober_does_not():
+    """Decoders are niced so that the worker's threads, which feed the GPU, go first; the
+    prober is not, since NVDEC sessions wait for its answers."""
+    import os
+    import time
+
+    from extractor.decode.processes import CpuDecoder
+
+    def nice(pid):  # field 19 of /proc/PID/stat; the process sets it as it starts
+        for _ in range(100):
+            value = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+            if value != own:
+                return value
+            time.sleep(0.05)
+        return value
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    decoder, prober = CpuDecoder(0, "pyav", 1 << 20, False), CpuDecoder(-1, "pyav", 1 << 20, False)
+    try:
+        assert nice(decoder.process.pid) == min(19, own + 5)
+        time.sleep(1)  # (the prober's value never changes: give it time to be wrong)
+        assert nice(prober.process.pid) == own
+    finally:
+        decoder.stop(kill=True)
+        prober.stop(kill=True)
+
+
 def test_nvdec_engines_by_gpu_name():
     from extractor.decode.nvdec import engines_of
 

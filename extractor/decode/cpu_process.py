@@ -241,7 +241,7 @@ def main(argv):
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where it is stuck
     try:
-        os.nice(5)  # the worker's own thread feeds the GPU: it goes first
+        os.nice(int(argv[6]))  # decoders below the worker's own threads, which feed the GPU
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle

@@ -51,7 +51,7 @@ class CpuDecoder:
         fd = shared_buffer(buffer_bytes, f"feat_extraction_decoder{index}")
         mine, theirs = socket.socketpair()
         try:
-            # The prober (index -1) is not niced: NVDEC sessions wait for its answers.
+            # The prober (index -1) keeps its priority: NVDEC sessions wait for its answers.
             cmd = [sys.executable, "-m", "extractor.decode.cpu_process", str(theirs.fileno()), str(fd),
                    str(buffer_bytes), reader, str(os.getpid()), "0" if index < 0 else "5"]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
