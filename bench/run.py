@@ -275,6 +275,7 @@ def main():
     ap.add_argument("--source", type=Path, default=BENCH / "media" / "bigbuckbunny_720p.mp4")
     ap.add_argument("--synthetic", action="store_true", help="synthetic texture instead of --source")
     ap.add_argument("--gpus", type=int, default=2, help="balance: workers of the second run")
+    ap.add_argument("--balance_videos", type=int, default=16, help="balance: videos of 10 s to 5 min")
     ap.add_argument("--levers", default=None, help="levers: comma-separated settings of bench/model_speed.py")
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--logs", type=Path, help="folder for the CLI runs' logs (default WORK/logs)")
@@ -308,7 +309,7 @@ def main():
         from balance import run_balance
 
         results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source, logs=a.logs,
-                                         timeout=a.cli_timeout, profile_s=a.profile_s,
+                                         timeout=a.cli_timeout, profile_s=a.profile_s, count=a.balance_videos,
                                          kinds=tuple(k for k in PRESETS if k in a.corpora.split(",")))
     if "segments" in stages:
         from segments import run_segments
