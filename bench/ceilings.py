@@ -25,15 +25,25 @@ class SurfacesOnly:
         return batch
 
 
-def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16) -> dict:
+def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16,
+                maker=None) -> dict:
+    """With `maker` (an InputMaker), every chunk is also made model input as the worker makes
+    it (CPU chunks: copy to the GPU, colour conversion and resize on this thread; NVDEC
+    batches: the same conversion on the session's stream), then dropped: the pipeline less
+    the model and the clips."""
     todo, lock = list(videos), threading.Lock()
+    if maker is not None and device.type == "cuda":
+        from extractor.decode.color import YuvToRgb
+
+        maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])  # compiled before the clock starts
 
     def claim():
         with lock:
             return (todo.pop(0), None, None) if todo else None  # (None: no tail splitting)
 
     t0 = time.perf_counter()
-    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device, SurfacesOnly())
+    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
+                         maker or SurfacesOnly())
     source.start_sessions()
     frames, failed, decoders = 0, {}, {}
     try:
@@ -43,7 +53,11 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
             if kind == "exit":
                 break
             if kind == "frames":
-                event[3].discard()
+                if maker is None:
+                    event[3].discard()
+                else:
+                    with torch.inference_mode():
+                        event[3].to_input(maker)
                 frames += len(event[2])
             elif kind == "decoded":
                 decoders[event[1].decoder] = decoders.get(event[1].decoder, 0) + 1
@@ -52,6 +66,8 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
             elif kind == "fatal":
                 failed["source"] = event[2]
                 break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     finally:
         source.close()
     wall = time.perf_counter() - t0

@@ -10,7 +10,8 @@ scaled, looped to 1000 frames at 30 fps, H.264 crf 23, copied --copies times), o
 synthetic texture (--synthetic), which decodes several times slower.
 
 Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
-  ceilings  decoding alone with the pipeline's own decoders: CPU processes, NVDEC sessions, both
+  ceilings  decoding alone with the pipeline's own decoders: CPU processes, NVDEC sessions, both;
+            then each again with the frames made model input ("+convert"; no model)
   model     the model alone on random clips already on the device (the default dtype, compiled)
   e2e       feat_extraction.py with default flags: its own summary line, beside the ceilings
   fidelity  pixels of the GPU colour conversion (from the CPU decoder's planes and from NVDEC)
@@ -100,11 +101,20 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bo
             continue
         plans[decoder] = plan
     out = {}
-    for name, plan in plans.items():
-        r = decode_only(videos, plan, stride, dev)
-        say(f"  ceiling {name:6s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
-            f"({r['plan']}; videos by decoder {r['videos_by_decoder']}{'; FAILED ' + str(r['failed']) if r['failed'] else ''})")
-        out[name] = r
+    for convert in (False, True):
+        for name, plan in plans.items():
+            if convert:  # the pipeline less the model: what decoding and conversion leave it
+                from extractor.backbones import Preprocessing
+                from extractor.video import InputMaker
+
+                cuda = dev.type == "cuda"
+                maker = InputMaker(dev, Preprocessing(), torch.bfloat16 if cuda else torch.float32, compile=cuda)
+                name = f"{name}+convert"
+            r = decode_only(videos, plan, stride, dev, maker=maker if convert else None)
+            say(f"  ceiling {name:14s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
+                f"({r['plan']}; videos by decoder {r['videos_by_decoder']}"
+                f"{'; FAILED ' + str(r['failed']) if r['failed'] else ''})")
+            out[name] = r
     return out
 
 
