@@ -289,7 +289,7 @@ def segment_of(index, first, last, decoder, chunk=8):
     from extractor.decode.nvdec import segment_batches, timestamp_shift
 
     keyframe_pts, pts = index.start_of(first, last)
-    keyframe = int(np.searchsorted(index.pts, keyframe_pts))
+    keyframe = int(index.frame_at(keyframe_pts))
     got = []
     shift = timestamp_shift(decoder, int(index.pts[0]))
     assert shift == decoder.shift
@@ -308,7 +308,7 @@ def test_nvdec_numbers_a_segments_frames_by_their_timestamps(encoded, landing, s
     exactly frames first..last, each with its own timestamp."""
     path = encoded / "open_gop.mp4"
     index, _ = frame_index(path, 150)
-    keyframes = np.searchsorted(index.pts, index.keyframes)
+    keyframes = index.frame_at(index.keyframes)
     lands = {"keyframe": lambda i: i, "exact": lambda i: 70,
              "earlier_keyframe": lambda i: int(keyframes[np.searchsorted(keyframes, i) - 1])}[landing]
     got = segment_of(index, 70, 100, FakeNvdec(index.pts, lands, shift=shift))
@@ -329,7 +329,7 @@ def test_nvdec_out_of_step_stops_at_the_first_wrong_frame(encoded):
 
         keyframe_pts, pts = index.start_of(70, 100)
         decoder = FakeNvdec(index.pts, lambda i: i, dropped={85})
-        for ids, frames in segment_batches(decoder, 70, int(np.searchsorted(index.pts, keyframe_pts)), pts, 8, 0):
+        for ids, frames in segment_batches(decoder, 70, int(index.frame_at(keyframe_pts)), pts, 8, 0):
             delivered += [(int(i), f.pts) for i, f in zip(ids, frames)]
     assert delivered == [(i, int(index.pts[i])) for i in range(70, 85)]
     with pytest.raises(OutOfStep, match="the stream ended before frame 140"):

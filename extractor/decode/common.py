@@ -66,6 +66,10 @@ class FrameIndex:
             return None
         return int(self.keyframes[at]), self.pts[first:last + 1].copy()
 
+    def frame_at(self, pts):
+        """The frame number(s) of presentation timestamp(s) of this index: their rank."""
+        return np.searchsorted(self.pts, pts)
+
 
 def packed_frame_bytes(height: int, width: int, colour) -> int:
     """Bytes of one frame as decoders pack it: Y, U, V planes (when it travels as YUV with

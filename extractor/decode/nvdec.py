@@ -265,7 +265,7 @@ class NvdecSession(threading.Thread):
                 batches = whole_video_batches(self.decoder, info.num_frames, int(needed[-1]), chunk)
             else:  # a segment, checked against the video's index also when it begins in the first GOP
                 first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
-                keyframe = int(np.searchsorted(pts, job.start[0])) if job.start is not None else 0
+                keyframe = int(video.index.frame_at(job.start[0])) if job.start is not None else 0
                 if video.nvdec_shift is None:  # once per video (the seek to frame 0 holds the GIL 6-37 ms)
                     video.nvdec_shift = timestamp_shift(self.decoder, int(pts[0]))
                 batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk, video.nvdec_shift)

@@ -28,7 +28,6 @@ from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..clips import clip_starts, needed_frames, segment_clips
@@ -460,8 +459,7 @@ class FrameSource:
         why_not_nvdec = nvdec_cannot(job.info) if self.sessions else ""  # (info has the index's open-GOP finding)
         nvdec = bool(self.sessions) and not why_not_nvdec
         job.index = index
-        keyframes = np.searchsorted(index.pts, index.keyframes)
-        for first, end in segment_clips(job.starts, self.clip_len, job.segment_frames, keyframes):
+        for first, end in segment_clips(job.starts, self.clip_len, job.segment_frames, index.frame_at(index.keyframes)):
             part = self.new_job(job.path)
             part.root, part.first_clip, part.info, part.fault = job, first, job.info, job.fault
             part.vid, self.next_vid = self.next_vid, self.next_vid + 1
