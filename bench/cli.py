@@ -81,10 +81,12 @@ def _sample_worker(spy: str, pid: str, log: Path, seconds: float, tag: str):
 def worker_gpus(pids: list) -> dict:
     """Process id -> index of the GPU it computes on: from nvidia-smi, else (a container whose
     process ids nvidia-smi does not see) from the one /dev/nvidiaN the process has open."""
+    def q(what: str) -> list[str]:
+        return subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20).stdout.splitlines()
+
     out = {}
     try:
-        q = lambda what: subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader"],  # noqa: E731
-                                        capture_output=True, text=True, timeout=20).stdout.splitlines()
         index = {uuid.strip(): i.strip() for i, uuid in (line.split(",") for line in q("gpu=index,uuid"))}
         out = {pid.strip(): index.get(uuid.strip(), "?") for pid, uuid in
                (line.split(",")[:2] for line in q("compute-apps=pid,gpu_uuid"))}

@@ -100,21 +100,19 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bo
         if decoder != "cpu" and not plan.nvdec_sessions:
             continue
         plans[decoder] = plan
-    out = {}
-    for convert in (False, True):
-        for name, plan in plans.items():
-            if convert:  # the pipeline less the model: what decoding and conversion leave it
-                from extractor.backbones import Preprocessing
-                from extractor.video import InputMaker
+    from extractor.backbones import Preprocessing
+    from extractor.video import InputMaker
 
-                cuda = dev.type == "cuda"
-                maker = InputMaker(dev, Preprocessing(), torch.bfloat16 if cuda else torch.float32, compile=cuda)
-                name = f"{name}+convert"
-            r = decode_only(videos, plan, stride, dev, maker=maker if convert else None)
-            say(f"  ceiling {name:14s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
+    cuda = dev.type == "cuda"
+    # the second pass makes the frames model input: the pipeline less the model
+    converting = InputMaker(dev, Preprocessing(), torch.bfloat16 if cuda else torch.float32, compile=cuda)
+    out = {}
+    for maker, suffix in ((None, ""), (converting, "+convert")):
+        for name, plan in plans.items():
+            r = out[name + suffix] = decode_only(videos, plan, stride, dev, maker=maker)
+            say(f"  ceiling {name + suffix:14s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
                 f"({r['plan']}; videos by decoder {r['videos_by_decoder']}"
                 f"{'; FAILED ' + str(r['failed']) if r['failed'] else ''})")
-            out[name] = r
     return out
 
 
