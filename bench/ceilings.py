@@ -26,11 +26,13 @@ class SurfacesOnly:
 
 
 def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16,
-                maker=None) -> dict:
+                maker=None, seconds: float = 0.0) -> dict:
     """With `maker` (an InputMaker), every chunk is also made model input as the worker makes
     it (CPU chunks: copy to the GPU, colour conversion and resize on this thread; NVDEC
     batches: the same conversion on the session's stream), then dropped: the pipeline less
-    the model and the clips."""
+    the model and the clips. `seconds`: stop that long after the first frame arrived (0: at
+    the end of the corpus), so that six ceilings of a large corpus fit one device call; the
+    rate is then that of the window, the decoders' start-up left out."""
     todo, lock = list(videos), threading.Lock()
     if maker is not None and device.type == "cuda":
         from extractor.decode.color import YuvToRgb
@@ -45,7 +47,8 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
     source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
                          maker or SurfacesOnly())
     source.start_sessions()
-    frames, failed, decoders = 0, {}, {}
+    frames, failed, decoders, t_first, capped = 0, {}, {}, 0.0, False
+    windowed = 0  # frames after the first chunk: the window's
     try:
         while True:
             event = source.queue.get()
@@ -59,6 +62,13 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
                     with torch.inference_mode():
                         event[3].to_input(maker)
                 frames += len(event[2])
+                if not t_first:  # the window opens as the first chunk arrives (it is not counted in it)
+                    t_first = time.perf_counter()
+                else:
+                    windowed += len(event[2])
+                if seconds and windowed and time.perf_counter() - t_first >= seconds:
+                    capped = True
+                    break
             elif kind == "decoded":
                 decoders[event[1].decoder] = decoders.get(event[1].decoder, 0) + 1
             elif kind == "fail":
@@ -69,8 +79,10 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
+        t_end = time.perf_counter()
         source.close()
-    wall = time.perf_counter() - t0
+    # capped: the window's frames over its length; else every frame over the whole run
+    frames, wall = (windowed, t_end - t_first) if capped else (frames, t_end - t0)
     return {"plan": plan.describe(), "videos": len(videos), "frames": frames, "wall_s": round(wall, 2),
             "frames_per_s": round(frames / wall, 1), "clips_per_s": round(frames / wall / min(stride, clip_len), 1),
-            "videos_by_decoder": decoders, "failed": failed}
+            "videos_by_decoder": decoders, "failed": failed, "capped_s": seconds if capped else 0.0}

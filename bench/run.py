@@ -87,7 +87,7 @@ def checkpoint(work: Path, quick: bool) -> Path:
     return ckpt
 
 
-def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bool) -> dict:
+def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: float) -> dict:
     from ceilings import decode_only
 
     from extractor.launch import cores_available
@@ -109,9 +109,10 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, quick: bo
     out = {}
     for maker, suffix in ((None, ""), (converting, "+convert")):
         for name, plan in plans.items():
-            r = out[name + suffix] = decode_only(videos, plan, stride, dev, maker=maker)
+            r = out[name + suffix] = decode_only(videos, plan, stride, dev, maker=maker, seconds=seconds)
+            window = f"{r['capped_s']:.0f} s from the first frames" if r["capped_s"] else "whole corpus"
             say(f"  ceiling {name + suffix:14s}: {r['frames_per_s']:8.0f} frames/s = {r['clips_per_s']:6.1f} clips/s "
-                f"({r['plan']}; videos by decoder {r['videos_by_decoder']}"
+                f"({window}; {r['plan']}; videos by decoder {r['videos_by_decoder']}"
                 f"{'; FAILED ' + str(r['failed']) if r['failed'] else ''})")
     return out
 
@@ -290,6 +291,8 @@ def main():
     ap.add_argument("--e2e", default="defaults", help="e2e: runs separated by ';', each NAME or NAME=FLAGS "
                                                        "(capitalised NAME=VALUE tokens: environment), e.g. "
                                                        "'defaults;cpu=--decoder cpu'")
+    ap.add_argument("--ceiling_s", type=float, default=20, help="ceilings: seconds each decoder plan runs "
+                                                                 "from its first frames (0: the whole corpus)")
     ap.add_argument("--cli_timeout", type=float, default=1200, help="seconds before a CLI run is stopped")
     ap.add_argument("--profile_s", type=float, default=0, help="e2e and balance: seconds of py-spy samples of "
                                                                          "the workers")
@@ -345,7 +348,7 @@ def main():
         if "e2e" in stages:
             r["e2e"] = stage_e2e(kind, videos[0].parent, work, ckpt, a)
         if "ceilings" in stages:
-            r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.quick)
+            r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.ceiling_s)
         if "fidelity" in stages:
             r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick, a.logs, a.fidelity_features)
         if "original" in stages:

@@ -27,3 +27,21 @@ def test_benchmark_quick_runs_on_cpu(tmp_path):
     assert [run["world_size"] for run in runs] == [1, 2] and runs[0]["clips"] == runs[1]["clips"] > 0
     assert results["balance"]["charades"]["features"]["cos_min"] > 0.99999
     assert "of model-only" in res.stdout and "speed-up x" in res.stdout
+
+
+def test_a_capped_ceiling_counts_the_frames_of_its_window_only(tmp_path):
+    """decode_only(seconds=...) stops once its window has run and counts only the frames
+    after the first chunk; uncapped, it counts every frame the clips need."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from ceilings import decode_only
+
+    from extractor.decode.source import DecodePlan
+    from extractor.demo import write_video
+
+    videos = [write_video(tmp_path / f"v{i}.mp4", 40, 64, 48) for i in range(2)]
+    plan = DecodePlan(cpu_decoders=1, nvdec_sessions=0, chunk_frames=4, segment_frames=0)
+    whole = decode_only(videos, plan, 4, torch.device("cpu"))
+    assert whole["frames"] == 2 * 40 and whole["capped_s"] == 0.0 and not whole["failed"]
+    capped = decode_only(videos, plan, 4, torch.device("cpu"), seconds=1e-9)
+    assert capped["capped_s"] > 0 and 0 < capped["frames"] <= 4
