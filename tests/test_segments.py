@@ -430,3 +430,24 @@ def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch
                       "longest_s": 0.3}, 5.0)
     assert line == (" | NVDEC sessions busy 20% of the time; idle for want of a claim: frames enough queued 75%, "
                     "no videos left 25% | probes for NVDEC: 4, 0.20s on average, longest 0.30s")
+
+
+def test_segments_nvdec_may_take_are_not_counted_as_videos_it_declined():
+    """Idle NVDEC sessions beside a backlog of segments they may take (held back because the
+    main thread has frames enough) are idle for that reason, not for videos NVDEC declined;
+    a backlog of as many jobs NVDEC declined as there are CPU decoders is that reason."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.source import FrameSource
+
+    def idle_reason(backlog):
+        source = SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=["a"],
+                                 probing=[], backlog=backlog, cpu=[None] * 2, nvdec_idle={}, idle_sessions=0,
+                                 idle_why="", t_idle=0.0, refused="", _claim=lambda: None, _short_of_frames=lambda: False)
+        FrameSource._feed_nvdec_sessions(source)
+        return source.idle_why
+
+    segment, declined = SimpleNamespace(for_nvdec=True), SimpleNamespace(for_nvdec=False)
+    assert idle_reason([segment] * 5 + [declined]) == "frames enough queued"
+    assert idle_reason([segment, declined, declined]) == "videos NVDEC declined waiting"

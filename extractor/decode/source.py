@@ -366,7 +366,8 @@ class FrameSource:
         while self.prober is not None:
             with self.session_lock:
                 free = len(self.free_sessions) - len(self.probing)
-                full = len(self.backlog) >= len(self.cpu)  # NVDEC declined many: do not hoard videos
+                # NVDEC declined many (segments it may take do not count): do not hoard videos
+                full = sum(not job.for_nvdec for job in self.backlog) >= len(self.cpu)
             why = "" if free <= 0 else "videos NVDEC declined waiting" if full else \
                 "frames enough queued" if not self._short_of_frames() else ""
             if why or free <= 0:
