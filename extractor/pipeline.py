@@ -79,7 +79,7 @@ class VideoJob:
     path: Path
     name: str = ""  # what events and records call it: its path relative to --data_path
     vid: int = -1  # the frame source's number for it
-    fault: Optional[str] = None  # test hook: a decoder fault to inject (launch.injected_fault)
+    fault: Optional[str] = None  # test hook: a decoder fault to inject (launch/worker.py: injected_fault)
     info: Optional[VideoInfo] = None
     starts: list = field(default_factory=list)
     needed: Optional[np.ndarray] = None  # the frame indices its clips use

@@ -215,7 +215,7 @@ def splittable(path, info, split: int, scan=None):
 
 
 def injected_fault(fault):
-    """Test hook (see launch.injected_fault): a decoder that hangs or crashes on a video."""
+    """Test hook (see launch/worker.py: injected_fault): a decoder that hangs or crashes on a video."""
     if fault == "hang":
         threading.Event().wait()
     elif fault == "crash":

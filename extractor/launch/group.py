@@ -1,0 +1,106 @@
+"""The group of processes a run is (this process alone, or one per worker under torchrun
+or srun) and the c10d store they share: the list of videos to do, the claim counter, and
+the events every supervisor publishes for process 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+
+@dataclass
+class Group:
+    store: object  # a torch.distributed Store
+    process: int  # this process's index; process 0 coordinates
+    processes: int
+    ranks: list  # the worker ranks this process supervises
+    local_ranks: list  # ... and their GPU index on this node
+    world_size: int  # workers in the whole run
+    node_workers: int = 1  # workers on this node, which share its CPU cores
+
+    @property
+    def coordinator(self) -> bool:
+        return self.process == 0
+
+
+def launcher_environment() -> Optional[dict]:
+    """Rank, world size and rendezvous when started by torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by Slurm's srun with more than one task
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR must be set, MASTER_PORT
+    defaults to one derived from the job id). None: a plain single-process start."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
+        node_workers = int(env.get("LOCAL_WORLD_SIZE", "1"))
+        source = "torchrun"
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", "0"))
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+        node_workers = int(per_node) if per_node.isdigit() else 1
+        source = "srun"
+    else:
+        return None
+    addr = env.get("MASTER_ADDR")
+    port = env.get("MASTER_PORT") or (str(20000 + int(env["SLURM_JOB_ID"]) % 20000) if "SLURM_JOB_ID" in env else None)
+    return {"rank": rank, "world_size": world, "local_rank": local, "master_addr": addr, "master_port": port,
+            "source": source, "node_workers": max(1, node_workers)}
+
+
+def join_launcher_group(env: dict, timeout_s: float = 1800.0) -> Group:
+    """Rendezvous through torch.distributed (env://): torchrun's agent store when torchrun
+    serves one, else a TCPStore hosted by rank 0."""
+    from torch.distributed import PrefixStore, rendezvous
+
+    os.environ.update(RANK=str(env["rank"]), WORLD_SIZE=str(env["world_size"]),
+                      MASTER_ADDR=env["master_addr"], MASTER_PORT=str(env["master_port"]))
+    store, rank, world = next(rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+    return Group(PrefixStore("feat_extraction/", store), process=rank, processes=world, ranks=[rank],
+                 local_ranks=[env["local_rank"]], world_size=world, node_workers=env["node_workers"])
+
+
+def local_group(world_size: int) -> Group:
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, use_libuv=True,
+                     timeout=timedelta(seconds=1800))
+    return Group(store, process=0, processes=1, ranks=list(range(world_size)), local_ranks=list(range(world_size)),
+                 world_size=world_size, node_workers=world_size)
+
+
+def publish_todo(group: Group, names: list[str]) -> None:
+    group.store.set("todo", json.dumps(names))
+
+
+def read_todo(group: Group) -> list[str]:
+    return json.loads(group.store.get("todo"))
+
+
+class EventLog:
+    """Events travel from every supervisor to the coordinator as numbered keys in the store."""
+
+    def __init__(self, group: Group):
+        self.group, self.store = group, group.store
+
+    def publish(self, rank: int, ev: dict) -> None:
+        seq = self.store.add("events", 1)
+        self.store.set(f"event/{seq}", json.dumps({**ev, "rank": rank, "process": self.group.process, "t": time.time()}))
+
+    def count(self) -> int:
+        return self.store.add("events", 0)
+
+    def take(self, seq: int) -> Optional[dict]:
+        """Event `seq`, or None if its publisher has numbered it but not yet written it. Never
+        a blocking get: it would hold the store client that the publisher, in this same
+        process, needs to write the event."""
+        key = f"event/{seq}"
+        if not self.store.check([key]):
+            return None
+        ev = json.loads(self.store.get(key))
+        self.store.delete_key(key)
+        return ev
