@@ -235,7 +235,7 @@ def decoding_plan(cfg, group) -> str:
 
     from extractor.decode.nvdec import gpu_name_from_nvml, nvdec_available
     from extractor.launch import cores_available
-    from extractor.pipeline import plan_decoding
+    from extractor.decode.plan import plan_decoding
 
     device = torch.device(cfg.device, 0) if cfg.device == "cuda" else torch.device("cpu")
     gpu_name = gpu_name_from_nvml() if cfg.device == "cuda" else ""

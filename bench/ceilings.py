@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from extractor.decode.source import DecodePlan, FrameSource  # noqa: E402
+from extractor.decode.plan import DecodePlan  # noqa: E402
+from extractor.decode.source import FrameSource  # noqa: E402
 from extractor.pipeline import VideoJob  # noqa: E402
 
 

@@ -91,7 +91,8 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
     from ceilings import decode_only
 
     from extractor.launch import cores_available
-    from extractor.pipeline import RunConfig, plan_decoding
+    from extractor.decode.plan import plan_decoding
+    from extractor.pipeline import RunConfig
 
     plans = {}
     for decoder in ("cpu", "nvdec", "auto"):

@@ -18,7 +18,8 @@ import torch
 from .backbones import Backbone, BackboneOptions, open_backbone
 from .decode.common import FrameIndex, VideoInfo
 from .decode.processes import process_pss_bytes
-from .decode.source import HELD_SECONDS, START_CLIPS, DecodePlan, FrameSource
+from .decode.plan import plan_decoding
+from .decode.source import HELD_SECONDS, START_CLIPS, FrameSource
 from .datasets import feature_relpath, video_name
 from .outputs import save_features
 from .video import COMPILED_CALLS, ClipAssembler, InputMaker
@@ -119,24 +120,6 @@ class VideoJob:
     def complete(self) -> bool:
         """Every clip of the video decoded and its features back from the model."""
         return all(part.decoded and part.filled == len(part.starts) for part in (self.parts or [self]))
-
-
-def plan_decoding(cfg: RunConfig, device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
-    """How many decoder processes and NVDEC sessions a worker runs, from the machine:
-    processes = the cores this worker's share of the node minus one (for the worker's own
-    thread, which feeds the GPU; decoders run at a lower priority); NVDEC sessions = 2 per
-    decoder engine of the GPU (H100/H200: 7, A100: 5; decode.nvdec.NVDEC_ENGINES), when
-    PyNvVideoCodec is installed. `gpu_name` lets the coordinator plan without CUDA."""
-    from .decode.nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
-
-    sessions = 0
-    if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
-        sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
-    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
-    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
-                      cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
-                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions),
-                      segment_frames=cfg.segment_frames)
 
 
 class Saver:

@@ -36,7 +36,7 @@ def test_a_capped_ceiling_counts_the_frames_of_its_window_only(tmp_path):
     import torch
     from ceilings import decode_only
 
-    from extractor.decode.source import DecodePlan
+    from extractor.decode.plan import DecodePlan
     from extractor.demo import write_video
 
     videos = [write_video(tmp_path / f"v{i}.mp4", 40, 64, 48) for i in range(2)]

@@ -140,7 +140,8 @@ def test_videos_claimed_at_the_tail_of_the_queue_are_split_finer():
     import threading
     from types import SimpleNamespace
 
-    from extractor.decode.source import TAIL_SPLIT, DecodePlan, FrameSource
+    from extractor.decode.plan import TAIL_SPLIT, DecodePlan
+    from extractor.decode.source import FrameSource
     from extractor.pipeline import VideoJob
 
     plan = DecodePlan(cpu_decoders=5, nvdec_sessions=0)
@@ -380,7 +381,8 @@ def test_open_gops_are_found_in_the_packets_and_kept_from_nvdec(encoded, name, l
     from types import SimpleNamespace
 
     from extractor.decode.readers import scan_packets
-    from extractor.decode.source import FrameSource, nvdec_cannot
+    from extractor.decode.nvdec import nvdec_cannot
+    from extractor.decode.source import FrameSource
     from extractor.pipeline import VideoJob
 
     path = encoded / name

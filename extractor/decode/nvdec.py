@@ -1,7 +1,8 @@
 """NVDEC sessions: threads of the worker that decode videos, and segments of long videos,
 on the GPU's video decoder engines through PyNvVideoCodec, in the decoder's native NV12,
 and turn each batch into model input on their own CUDA stream straight from the decoder's
-surfaces (same colour conversion as the CPU path: decode.color)."""
+surfaces (same colour conversion as the CPU path: decode.color). Also: which videos they
+may take (nvdec_cannot), and the GPU's engines, from which the sessions are counted."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from .common import DecodeError, first_line, where
+from .common import DecodeError, VideoInfo, first_line, where
 
 # NVDEC engines per GPU (NVIDIA's Video Codec SDK support matrix); the first match of a
 # name fragment wins. Unknown GPUs count as one engine.
@@ -68,6 +69,25 @@ def nvdec_available() -> str:
         import PyNvVideoCodec  # noqa: F401
     except Exception as e:  # ImportError, or a missing libnvcuvid
         return first_line(e)
+    return ""
+
+
+NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
+
+
+def nvdec_cannot(info: VideoInfo) -> str:
+    """Why NVDEC should not decode this video ('' if it can): it must give exactly the
+    frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive,
+    no open GOPs: on the leading pictures of x264 open-gop and HEVC CRA streams NVDEC's
+    pixels were not FFmpeg's, decoding from the start included)."""
+    if info.codec not in NVDEC_CODECS:
+        return f"codec {info.codec}"
+    if info.layout != "yuv420p":
+        return f"pixel format {info.pix_fmt}"
+    if info.interlaced:
+        return "interlaced"
+    if info.leading_pictures:  # NVDEC's pixels differed from FFmpeg's on them (H100, 2026-11-27)
+        return "open GOP (frames decoded after a keyframe are shown before it)"
     return ""
 
 

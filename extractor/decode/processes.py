@@ -14,11 +14,14 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .common import exit_description
+from .common import VideoInfo, exit_description, packed_frame_bytes
+
+if TYPE_CHECKING:
+    from .source import FrameSource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +122,22 @@ def process_pss_bytes(pid) -> Optional[int]:
     except OSError:
         return None
     return None
+
+
+class HostChunk:
+    """Frames a decoder process wrote into its shared buffer, as the worker's main thread
+    receives them (FrameSource's "frames" events)."""
+
+    def __init__(self, source: FrameSource, decoder: CpuDecoder, offset: int, count: int, info: VideoInfo, colour):
+        self.source, self.decoder, self.offset, self.count, self.info, self.colour = \
+            source, decoder, offset, count, info, colour
+
+    def to_input(self, maker) -> torch.Tensor:
+        nbytes = self.count * packed_frame_bytes(*self.info.coded_size, self.colour)
+        host = self.decoder.host[self.offset:self.offset + nbytes]
+        x, copied = maker.from_host(host, self.count, self.info, self.colour)
+        self.source.give_back_after(copied, self.decoder, self.offset)
+        return x
+
+    def discard(self):
+        self.source.give_back_after(None, self.decoder, self.offset)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from typing import Callable, Optional
@@ -31,68 +30,17 @@ from typing import Callable, Optional
 import torch
 
 from ..clips import clip_starts, needed_frames, segment_clips
-from .common import FrameIndex, VideoInfo, packed_frame_bytes, where
-from .processes import CpuDecoder
+from .common import FrameIndex, VideoInfo, where
+from .nvdec import nvdec_cannot
+from .plan import DecodePlan
+from .processes import CpuDecoder, HostChunk
 
-NVDEC_CODECS = {"h264", "hevc", "vp9", "av1"}
 STARTING = 4  # videos a worker may have claimed and not yet seen frames of
 # Clips a worker holds (opened, not yet run by the model): at most its model's rate times
 # HELD_SECONDS, or START_CLIPS before the rate is known. With the queue longest first,
 # workers that top their holdings up to the same horizon run out of work together.
 HELD_SECONDS = 8.0
 START_CLIPS = 1024
-# At the tail of the queue (fewer videos left per worker than the worker has decoders) a
-# video is split into segments this many times shorter, so that a worker's decoders, fast
-# NVDEC sessions and slower CPU processes alike, run out of work together rather than
-# waiting for whichever took the last whole video.
-TAIL_SPLIT = 6
-
-
-@dataclass
-class DecodePlan:
-    """How a worker decodes: chosen from the machine by `plan_decoding`, or by flags."""
-    cpu_decoders: int  # decoder processes
-    nvdec_sessions: int  # NVDEC sessions (threads of the worker), 0 without NVDEC
-    reader: str = "pyav"  # what the processes decode with: "pyav" or "decord"
-    cpu_threads: int = 0  # FFmpeg threads per video; 0: from the load (more when fewer videos are open)
-    cpu_budget: int = 1  # cores the worker's decoders share
-    buffer_bytes: int = 48 << 20  # shared buffer per decoder process
-    chunk_frames: int = 32  # frames per chunk, at most
-    prefetch: int = 3  # chunks an NVDEC session may have waiting for the main thread
-    cpu_claims: bool = True  # False: the processes decode only what NVDEC declines (--decoder nvdec)
-    segment_frames: int = 1500  # videos of twice as many frames or more are decoded in segments (0: never)
-
-    def describe(self) -> str:
-        threads = self.cpu_threads or "auto"
-        cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
-        nvdec = f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else ""
-        split = f", segments of {self.split_frames()} frames ({self.split_frames(tail=True)} at the end of the queue)"
-        return cpu + nvdec + (split if self.split_frames() else "")
-
-    def split_frames(self, tail: bool = False) -> int:
-        """Segment length asked of the decoder processes (only the PyAV reader seeks), shorter
-        for a video claimed at the tail of the queue (TAIL_SPLIT)."""
-        if self.reader != "pyav" or not self.segment_frames:
-            return 0
-        return min(self.segment_frames, max(64, self.segment_frames // TAIL_SPLIT)) if tail else self.segment_frames
-
-
-class HostChunk:
-    """Frames a decoder process wrote into its shared buffer."""
-
-    def __init__(self, source: "FrameSource", decoder: CpuDecoder, offset: int, count: int, info: VideoInfo, colour):
-        self.source, self.decoder, self.offset, self.count, self.info, self.colour = \
-            source, decoder, offset, count, info, colour
-
-    def to_input(self, maker) -> torch.Tensor:
-        nbytes = self.count * packed_frame_bytes(*self.info.coded_size, self.colour)
-        host = self.decoder.host[self.offset:self.offset + nbytes]
-        x, copied = maker.from_host(host, self.count, self.info, self.colour)
-        self.source.give_back_after(copied, self.decoder, self.offset)
-        return x
-
-    def discard(self):
-        self.source.give_back_after(None, self.decoder, self.offset)
 
 
 class FrameSource:
@@ -561,19 +509,3 @@ class FrameSource:
 def used(video, decoder: str):
     """Adds a decoder to those that read the video (its `decoder`: "nvdec+pyav" for both)."""
     video.decoder = "+".join(sorted(set(filter(None, video.decoder.split("+"))) | {decoder}))
-
-
-def nvdec_cannot(info: VideoInfo) -> str:
-    """Why NVDEC should not decode this video ('' if it can): it must give exactly the
-    frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive,
-    no open GOPs: on the leading pictures of x264 open-gop and HEVC CRA streams NVDEC's
-    pixels were not FFmpeg's, decoding from the start included)."""
-    if info.codec not in NVDEC_CODECS:
-        return f"codec {info.codec}"
-    if info.layout != "yuv420p":
-        return f"pixel format {info.pix_fmt}"
-    if info.interlaced:
-        return "interlaced"
-    if info.leading_pictures:  # NVDEC's pixels differed from FFmpeg's on them (H100, 2026-11-27)
-        return "open GOP (frames decoded after a keyframe are shown before it)"
-    return ""

@@ -1,0 +1,65 @@
+"""How a worker decodes: its decoder processes and NVDEC sessions, how long a video must be
+to be decoded in segments, chosen from the machine (plan_decoding) or by flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..pipeline import RunConfig
+
+# At the tail of the queue (fewer videos left per worker than the worker has decoders) a
+# video is split into segments this many times shorter, so that a worker's decoders, fast
+# NVDEC sessions and slower CPU processes alike, run out of work together rather than
+# waiting for whichever took the last whole video.
+TAIL_SPLIT = 6
+
+
+@dataclass
+class DecodePlan:
+    """How a worker decodes: chosen from the machine by `plan_decoding`, or by flags."""
+    cpu_decoders: int  # decoder processes
+    nvdec_sessions: int  # NVDEC sessions (threads of the worker), 0 without NVDEC
+    reader: str = "pyav"  # what the processes decode with: "pyav" or "decord"
+    cpu_threads: int = 0  # FFmpeg threads per video; 0: from the load (more when fewer videos are open)
+    cpu_budget: int = 1  # cores the worker's decoders share
+    buffer_bytes: int = 48 << 20  # shared buffer per decoder process
+    chunk_frames: int = 32  # frames per chunk, at most
+    prefetch: int = 3  # chunks an NVDEC session may have waiting for the main thread
+    cpu_claims: bool = True  # False: the processes decode only what NVDEC declines (--decoder nvdec)
+    segment_frames: int = 1500  # videos of twice as many frames or more are decoded in segments (0: never)
+
+    def describe(self) -> str:
+        threads = self.cpu_threads or "auto"
+        cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
+        nvdec = f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else ""
+        split = f", segments of {self.split_frames()} frames ({self.split_frames(tail=True)} at the end of the queue)"
+        return cpu + nvdec + (split if self.split_frames() else "")
+
+    def split_frames(self, tail: bool = False) -> int:
+        """Segment length asked of the decoder processes (only the PyAV reader seeks), shorter
+        for a video claimed at the tail of the queue (TAIL_SPLIT)."""
+        if self.reader != "pyav" or not self.segment_frames:
+            return 0
+        return min(self.segment_frames, max(64, self.segment_frames // TAIL_SPLIT)) if tail else self.segment_frames
+
+
+def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
+    """How many decoder processes and NVDEC sessions a worker runs, from the machine:
+    processes = the cores this worker's share of the node minus one (for the worker's own
+    thread, which feeds the GPU; decoders run at a lower priority); NVDEC sessions = 2 per
+    decoder engine of the GPU (H100/H200: 7, A100: 5; decode.nvdec.NVDEC_ENGINES), when
+    PyNvVideoCodec is installed. `gpu_name` lets the coordinator plan without CUDA."""
+    from .nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
+
+    sessions = 0
+    if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
+        sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
+    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
+    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
+                      cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
+                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions),
+                      segment_frames=cfg.segment_frames)
