@@ -35,7 +35,7 @@ def mixed_corpus(out: Path, kind: str, count: int, min_s: float, max_s: float, s
             "enumerate(seconds)] if quick else "
             "[corpus.cut(corpus.from_video(out / 'master', kind, 1, int(hi * 30) + 30, source)[0], "
             "out / f'mixed_{i:02d}_{s:05.1f}s.mp4', s) for i, s in enumerate(seconds)]")
-    data = out / (f"mixed_{kind}" if count == 16 else f"mixed_{kind}_{count}")
+    data = out / f"mixed_{kind}_{count}"
     res = subprocess.run([sys.executable, "-c", code, str(BENCH), str(data), kind, str(count), str(min_s), str(max_s),
                           str(source), "1" if quick else "0"], capture_output=True, text=True)
     if res.returncode != 0:

@@ -403,23 +403,28 @@ def test_open_gops_are_found_in_the_packets_and_kept_from_nvdec(encoded, name, l
     assert all(part.for_nvdec != leading for part in video.parts)
 
 
+def nvdec_feeding_source(free_sessions, backlog, cpu_decoders, short_of_frames):
+    """What FrameSource._feed_nvdec_sessions reads and writes of a frame source, with a
+    prober, no videos to claim and `short_of_frames` standing in for the main thread's queue."""
+    import threading
+    from types import SimpleNamespace
+
+    return SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=free_sessions,
+                           probing=[], backlog=backlog, cpu=[None] * cpu_decoders, nvdec_idle={}, idle_sessions=0,
+                           idle_why="", t_idle=0.0, refused="", _claim=lambda: None, _short_of_frames=short_of_frames)
+
+
 def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch):
     """The worker's summary says how long its NVDEC sessions sat idle and why no video was
     claimed for them: session-seconds, attributed to the reason in force since the last
     dispatch."""
-    import threading
-    from types import SimpleNamespace
-
     from extractor.decode import source as source_module
     from extractor.progress import nvdec_use
 
     clock = [100.0]
     monkeypatch.setattr(source_module.time, "perf_counter", lambda: clock[0])
     queued = [True]
-    source = SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=["a", "b"],
-                             probing=[], backlog=[], cpu=[None] * 4, nvdec_idle={}, idle_sessions=0, idle_why="",
-                             t_idle=0.0, refused="", _claim=lambda: None,
-                             _short_of_frames=lambda: not queued[0])
+    source = nvdec_feeding_source(["a", "b"], [], 4, lambda: not queued[0])
     feed = source_module.FrameSource._feed_nvdec_sessions
     feed(source)  # two idle sessions: the main thread has frames enough
     clock[0], queued[0], source.refused = 103.0, False, "no videos left"
@@ -438,15 +443,12 @@ def test_segments_nvdec_may_take_are_not_counted_as_videos_it_declined():
     """Idle NVDEC sessions beside a backlog of segments they may take (held back because the
     main thread has frames enough) are idle for that reason, not for videos NVDEC declined;
     a backlog of as many jobs NVDEC declined as there are CPU decoders is that reason."""
-    import threading
     from types import SimpleNamespace
 
     from extractor.decode.source import FrameSource
 
     def idle_reason(backlog):
-        source = SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=["a"],
-                                 probing=[], backlog=backlog, cpu=[None] * 2, nvdec_idle={}, idle_sessions=0,
-                                 idle_why="", t_idle=0.0, refused="", _claim=lambda: None, _short_of_frames=lambda: False)
+        source = nvdec_feeding_source(["a"], backlog, 2, lambda: False)
         FrameSource._feed_nvdec_sessions(source)
         return source.idle_why
 

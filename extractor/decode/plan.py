@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
+
 if TYPE_CHECKING:
     from ..pipeline import RunConfig
 
@@ -53,8 +55,6 @@ def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_n
     thread, which feeds the GPU; decoders run at a lower priority); NVDEC sessions = 2 per
     decoder engine of the GPU (H100/H200: 7, A100: 5; decode.nvdec.NVDEC_ENGINES), when
     PyNvVideoCodec is installed. `gpu_name` lets the coordinator plan without CUDA."""
-    from .nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
-
     sessions = 0
     if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
         sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
