@@ -26,6 +26,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             closed and open GOPs (bench/nvdec_frames.py)
   nvdec_calls  PyNvVideoCodec call by call: time, GIL held (alone and with the GPU busy), and
             NVDEC's CPU cost per frame (bench/nvdec_calls.py)
+  decoder_memory  what a CPU decoder process adds to a worker's memory at 720p (bench/decoder_memory.py;
+            runs on the CPU too)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
@@ -335,7 +337,11 @@ def main():
         from nvdec_calls import run_nvdec_calls
 
         results["nvdec_calls"] = run_nvdec_calls(work, a.source, say)
-    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls"}
+    if "decoder_memory" in stages:
+        from decoder_memory import run_decoder_memory
+
+        results["decoder_memory"] = run_decoder_memory(work, a.source, say)
+    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls", "decoder_memory"}
     ckpt = checkpoint(work, a.quick) if stages - standalone else None
     model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
     for kind in a.corpora.split(","):

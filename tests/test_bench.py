@@ -45,3 +45,16 @@ def test_a_capped_ceiling_counts_the_frames_of_its_window_only(tmp_path):
     assert whole["frames"] == 2 * 40 and whole["capped_s"] == 0.0 and not whole["failed"]
     capped = decode_only(videos, plan, 4, torch.device("cpu"), seconds=1e-9)
     assert capped["capped_s"] > 0 and 0 < capped["frames"] <= 4
+
+
+def test_decoder_memory_grows_with_the_decoder_processes(tmp_path):
+    """bench/decoder_memory.peak_pss: the processes' summed memory, sampled while they decode,
+    is larger for two processes than for one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from decoder_memory import peak_pss
+
+    from extractor.demo import write_video
+
+    videos = [write_video(tmp_path / f"v{i}.mp4", 48, 64, 48) for i in range(2)]
+    one, two = peak_pss(videos, 1, 5.0), peak_pss(videos, 2, 5.0)
+    assert 0 < one < two
