@@ -6,6 +6,7 @@ pipeline cannot decode faster while it also feeds the model."""
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -27,13 +28,14 @@ class SurfacesOnly:
 
 
 def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16,
-                maker=None, seconds: float = 0.0) -> dict:
+                maker=None, seconds: float = 0.0, stall_s: float = 60.0) -> dict:
     """With `maker` (an InputMaker), every chunk is also made model input as the worker makes
     it (CPU chunks: copy to the GPU, colour conversion and resize on this thread; NVDEC
     batches: the same conversion on the session's stream), then dropped: the pipeline less
     the model and the clips. `seconds`: stop that long after the first frame arrived (0: at
     the end of the corpus), so that six ceilings of a large corpus fit one device call; the
-    rate is then that of the window, the decoders' start-up left out."""
+    rate is then that of the window, the decoders' start-up left out. A source that sends
+    nothing for `stall_s` ends the ceiling, recorded as failed (it never hangs the bench)."""
     todo, lock = list(videos), threading.Lock()
     if maker is not None and device.type == "cuda":
         from extractor.decode.color import YuvToRgb
@@ -47,12 +49,19 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
     t0 = time.perf_counter()
     source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
                          maker or SurfacesOnly())
+    # No model runs the clips off (pipeline.ClaimPace does in a worker): the budget on
+    # clips held would stop the claims for good after START_CLIPS clips' worth of videos.
+    source.clip_budget = float("inf")
     source.start_sessions()
     frames, failed, decoders, t_first, capped = 0, {}, {}, 0.0, False
     windowed = 0  # frames after the first chunk: the window's
     try:
         while True:
-            event = source.queue.get()
+            try:
+                event = source.queue.get(timeout=stall_s)
+            except queue.Empty:
+                failed["source"] = f"nothing from the frame source for {stall_s:.0f} s"
+                break
             kind = event[0]
             if kind == "exit":
                 break

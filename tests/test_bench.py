@@ -47,6 +47,25 @@ def test_a_capped_ceiling_counts_the_frames_of_its_window_only(tmp_path):
     assert capped["capped_s"] > 0 and 0 < capped["frames"] <= 4
 
 
+def test_a_ceiling_decodes_more_clips_than_a_worker_may_hold(tmp_path, monkeypatch):
+    """A worker claims videos only while it holds fewer clips than its budget, which its
+    model's progress frees; decode_only runs no model, so its budget must not bind (on the
+    H100 the ceilings stopped claiming after about 17 of 96 videos and waited for good)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from ceilings import decode_only
+
+    import extractor.decode.source as source
+    from extractor.decode.plan import DecodePlan
+    from extractor.demo import write_video
+
+    monkeypatch.setattr(source, "START_CLIPS", 4)  # one video's clips (9) are more than that
+    videos = [write_video(tmp_path / f"v{i}.mp4", 40, 64, 48) for i in range(3)]
+    plan = DecodePlan(cpu_decoders=1, nvdec_sessions=0, chunk_frames=8, segment_frames=0)
+    r = decode_only(videos, plan, 4, torch.device("cpu"), stall_s=10)
+    assert not r["failed"] and r["frames"] == 3 * 40
+
+
 def test_decoder_memory_grows_with_the_decoder_processes(tmp_path):
     """bench/decoder_memory.peak_pss: the processes' summed memory, sampled while they decode,
     is larger for two processes than for one."""
