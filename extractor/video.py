@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import torch
-import torch.fx.experimental._config
 import torch.nn.functional as F
 
 from .clips import clip_frame_indices
@@ -80,9 +79,6 @@ class InputMaker:
         if compile:
             # one compiled variant per colour conversion, rotation and input layout
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            # Sizes that happen to be equal in the first call are otherwise assumed equal ever
-            # after ("duck sizing"), and each new resolution compiled again during the run.
-            torch.fx.experimental._config.use_duck_shape = False
             self.yuv = torch.compile(yuv_to_input, dynamic=True)
             self.rgb = torch.compile(rgb_to_input, dynamic=True)
 
@@ -129,23 +125,17 @@ class InputMaker:
                             self.dtype)
 
     @torch.inference_mode()
-    def warm_up(self, colours, nv12: Optional[bool] = None):
-        """Compiles now (start-up) rather than during the run: the RGB path, and the YUV path
-        for each colour conversion given, from packed planes and (on a GPU, or with `nv12`)
-        from NV12 surfaces. Small frames, since shapes are dynamic; but chunks of one frame
-        too, which torch compiles apart (it specializes sizes 0 and 1). A compile during the
-        run holds every compiled call of the worker, the model's included, for its duration:
-        on the H100, 3-9 of them per hacs-like run before this warmed one-frame chunks."""
+    def warm_up(self, colours):
+        """Compiles now (start-up) rather than on the first video: the RGB path, and the YUV
+        path for each colour conversion given, from packed planes and (on a GPU) from NV12
+        surfaces; small frames, since shapes are dynamic."""
         info = VideoInfo(4, 30.0, 48, 64)
-        nv12 = self.cuda if nv12 is None else nv12
         for colour in (*colours, None):
             size = packed_frame_bytes(48, 64, colour)
-            for n in (3, 1):
-                self.from_frames(torch.zeros(n, size, dtype=torch.uint8, device=self.device), info, colour)
-                if nv12 and colour is not None:  # surfaces as wide as the picture, and wider
-                    for width in (64, 62):
-                        self.from_nv12(torch.zeros(n, 72, 64, dtype=torch.uint8, device=self.device),
-                                       VideoInfo(4, 30.0, 48, width, colour=colour))
+            self.from_frames(torch.zeros(3, size, dtype=torch.uint8, device=self.device), info, colour)
+            if self.cuda and colour is not None:
+                self.from_nv12(torch.zeros(3, 72, 64, dtype=torch.uint8, device=self.device),
+                               VideoInfo(4, 30.0, 48, 64, colour=colour))
 
 
 class ClipAssembler:

@@ -150,31 +150,3 @@ def test_nvdec_engines_by_gpu_name():
 
     assert engines_of("NVIDIA H100 80GB HBM3") == 7 and engines_of("NVIDIA A100-SXM4-80GB") == 5
     assert engines_of("some future GPU") == 1
-
-
-def test_warmed_conversions_compile_nothing_more_for_real_resolutions_and_one_frame_chunks():
-    """A compile during a run holds every compiled call of the worker, the model's included
-    (on the H100, 3-9 per hacs-like run while the warm-up covered neither one-frame chunks
-    nor resolutions other than its own): after warm_up, packed and NV12 chunks of any size,
-    one frame included, at common and odd resolutions, compile no new graph."""
-    import torch._dynamo.utils as dynamo_utils
-
-    from extractor.backbones import Preprocessing
-    from extractor.decode.color import YuvToRgb
-    from extractor.decode.common import VideoInfo, packed_frame_bytes
-    from extractor.video import InputMaker
-
-    maker = InputMaker(torch.device("cpu"), Preprocessing(), torch.bfloat16, compile=True)
-    maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")], nv12=True)
-    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
-    with torch.inference_mode():
-        for h, w in ((720, 1280), (241, 321)):
-            for colour in (YuvToRgb("bt709"), None):
-                info = VideoInfo(100, 30.0, h, w, colour=colour)
-                for n in (11, 1, 2):
-                    x = maker.from_frames(torch.zeros(n, packed_frame_bytes(h, w, colour), dtype=torch.uint8),
-                                          info, colour)
-                    assert x.shape == (n, 3, 224, 224)
-                    if colour is not None:  # surfaces: rows of luma then chroma, width even
-                        maker.from_nv12(torch.zeros(n, (h + h % 2) * 3 // 2, w + w % 2, dtype=torch.uint8), info)
-    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
