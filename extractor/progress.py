@@ -297,11 +297,12 @@ def frames_by_decoder(counts) -> str:
 
 
 def nvdec_use(use, work_s: float) -> str:
-    """' | NVDEC sessions busy 64% of the time; idle for want of a claim: no videos left 37%, ...
-    | probes for NVDEC: 45, 0.17s on average, longest 0.35s' where the worker has NVDEC
-    sessions ('' otherwise). Busy: holding a video (decoding it, or waiting for the main
-    thread to take its frames). The idle shares are of the session-seconds idle, by why no
-    video was claimed for a session (FrameSource._feed_nvdec_sessions)."""
+    """' | NVDEC sessions busy 64% of the time (decoding 50%, waiting for the GPU 30%, ...);
+    idle for want of a claim: no videos left 37%, ... | probes for NVDEC: 45, 0.17s on
+    average, longest 0.35s' where the worker has NVDEC sessions ('' otherwise). Busy: holding
+    a video; the shares in brackets are of that busy time, by what it went to (nvdec.SPENT).
+    The idle shares are of the session-seconds idle, by why no video was claimed for a
+    session (FrameSource._feed_nvdec_sessions)."""
     if not use or not use.get("sessions"):
         return ""
     busy = use["busy_s"] / max(1e-9, use["sessions"] * work_s)
@@ -310,5 +311,9 @@ def nvdec_use(use, work_s: float) -> str:
     idle = {why: seconds for why, seconds in (use.get("idle_s") or {}).items() if why and seconds > 0}
     total = sum(idle.values())
     why = ", ".join(f"{reason} {seconds / total:.0%}" for reason, seconds in sorted(idle.items(), key=lambda kv: -kv[1]))
-    return (f" | NVDEC sessions busy {busy:.0%} of the time" + (f"; idle for want of a claim: {why}" if why else "")
+    spent = {what: seconds for what, seconds in (use.get("spent") or {}).items() if seconds > 0}
+    how = ", ".join(f"{what} {seconds / use['busy_s']:.0%}" for what, seconds in
+                    sorted(spent.items(), key=lambda kv: -kv[1])) if spent and use["busy_s"] > 0 else ""
+    return (f" | NVDEC sessions busy {busy:.0%} of the time" + (f" ({how})" if how else "")
+            + (f"; idle for want of a claim: {why}" if why else "")
             + f" | probes for NVDEC: {probes}, {mean:.2f}s on average, longest {use['longest_s']:.2f}s")

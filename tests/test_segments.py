@@ -437,6 +437,12 @@ def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch
                       "longest_s": 0.3}, 5.0)
     assert line == (" | NVDEC sessions busy 20% of the time; idle for want of a claim: frames enough queued 75%, "
                     "no videos left 25% | probes for NVDEC: 4, 0.20s on average, longest 0.30s")
+    spent = {"opening files": 0.1, "decoding": 1.0, "launching conversions": 0.3, "waiting for the GPU": 0.6,
+             "waiting for the main thread": 0.0}
+    line = nvdec_use({"sessions": 2, "busy_s": 2.0, "spent": spent, "idle_s": {}, "count": 0, "total_s": 0.0,
+                      "longest_s": 0.0}, 5.0)
+    assert line.startswith(" | NVDEC sessions busy 20% of the time (decoding 50%, waiting for the GPU 30%, "
+                           "launching conversions 15%, opening files 5%) | probes")
 
 
 def test_segments_nvdec_may_take_are_not_counted_as_videos_it_declined():
@@ -455,3 +461,21 @@ def test_segments_nvdec_may_take_are_not_counted_as_videos_it_declined():
     segment, declined = SimpleNamespace(for_nvdec=True), SimpleNamespace(for_nvdec=False)
     assert idle_reason([segment] * 5 + [declined]) == "frames enough queued"
     assert idle_reason([segment, declined, declined]) == "videos NVDEC declined waiting"
+
+
+def test_timed_batches_pass_through_and_count_the_decoders_time(encoded):
+    """nvdec.timed (an NVDEC session's account of its decoder's calls): the same batches, an
+    error of the decoder raised as it was, its time counted under "decoding"."""
+    from extractor.decode.nvdec import SPENT, OutOfStep, segment_batches, timed, whole_video_batches
+
+    index, _ = frame_index(encoded / "open_gop.mp4", 150)
+    spent = dict.fromkeys(SPENT, 0.0)
+    plain = [ids.tolist() for ids, _ in whole_video_batches(FakeNvdec(index.pts, lambda i: i), 150, 149, 32)]
+    counted = [ids.tolist() for ids, _ in timed(whole_video_batches(FakeNvdec(index.pts, lambda i: i), 150, 149, 32),
+                                                 spent)]
+    assert counted == plain and len(plain) == 5 and spent["decoding"] > 0
+    assert sum(spent.values()) == spent["decoding"]
+    keyframe_pts, pts = index.start_of(70, 100)
+    seeking = segment_batches(FakeNvdec(index.pts, lambda i: 71), 70, int(index.frame_at(keyframe_pts)), pts, 8, 0)
+    with pytest.raises(OutOfStep):
+        list(timed(seeking, spent))

@@ -205,6 +205,24 @@ def segment_batches(decoder, first: int, keyframe: int, pts: np.ndarray, chunk: 
             raise OutOfStep(f"frame {first + got} has timestamp {stamps[right]}, the index says {pts[got]}")
 
 
+# What an NVDEC session's time on a job goes to: setting its decoder up for the file, the
+# decoder's calls (demuxing and decoding, timestamps and seeks included), launching the copy
+# out of its surfaces and the conversion, waiting for the GPU to run them (they queue behind
+# the model's kernels), and waiting for the main thread to take chunks.
+SPENT = ("opening files", "decoding", "launching conversions", "waiting for the GPU", "waiting for the main thread")
+
+
+def timed(batches, spent: dict):
+    """The (frame numbers, frames) of `batches`, the time each took added to spent["decoding"]."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(batches, None)
+        spent["decoding"] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item
+
+
 class NvdecSession(threading.Thread):
     """One decoder session: takes jobs from `inbox` (None ends it), decodes each (a whole
     video from its first frame, or a segment from a keyframe) and puts its chunks, made
@@ -225,7 +243,8 @@ class NvdecSession(threading.Thread):
         self.inbox: queue.Queue = queue.Queue()
         self.room = threading.Semaphore(plan.prefetch)  # chunks the main thread has not taken yet
         self.decoder, self.path = None, ""
-        self.busy_s = 0.0  # seconds spent on jobs
+        self.busy_s = 0.0  # seconds spent on jobs, and how (SPENT), for the worker's summary
+        self.spent = dict.fromkeys(SPENT, 0.0)
 
     def run(self):
         try:
@@ -272,13 +291,16 @@ class NvdecSession(threading.Thread):
             self.decoder, self.path = None, ""
 
     def decode(self, job):
-        video, info, needed, chunk = job.video, job.info, job.needed, self.plan.chunk_frames
+        video, info, needed, chunk, spent = job.video, job.info, job.needed, self.plan.chunk_frames, self.spent
+        t0 = time.perf_counter()
         try:
             self._open(job, seeking=job.root is not None)
         except Exception as e:
             self._drop_decoder()
             self.source.nvdec_stopped(job, -1, first_line(e))
             return
+        finally:
+            spent["opening files"] += time.perf_counter() - t0
         delivered, last_report, keep_decoder = -1, time.monotonic(), False
         try:
             if job.root is None:
@@ -287,14 +309,17 @@ class NvdecSession(threading.Thread):
                 first, last, pts = int(needed[0]), int(needed[-1]), video.index.pts
                 keyframe = int(video.index.frame_at(job.start[0])) if job.start is not None else 0
                 if video.nvdec_shift is None:  # once per video (the seek to frame 0 holds the GIL 6-37 ms)
+                    t0 = time.perf_counter()
                     video.nvdec_shift = timestamp_shift(self.decoder, int(pts[0]))
+                    spent["decoding"] += time.perf_counter() - t0
                 batches = segment_batches(self.decoder, first, keyframe, pts[first:last + 1], chunk, video.nvdec_shift)
-            for ids, frames in batches:
+            for ids, frames in timed(batches, spent):
                 if self.source.stopping:
                     return
                 keep = np.isin(ids, needed)
                 if not keep.any():
                     continue
+                t0 = time.perf_counter()
                 with torch.cuda.stream(self.stream), torch.inference_mode():
                     batch = nv12_batch(frames)
                     if not keep.all():
@@ -302,13 +327,20 @@ class NvdecSession(threading.Thread):
                     x = self.maker.from_nv12(batch, info)
                     ready = torch.cuda.Event()
                     ready.record(self.stream)
+                t1 = time.perf_counter()
                 while not self.room.acquire(timeout=0.5):
                     if self.source.stopping:
                         return
+                t2 = time.perf_counter()
                 self.source.put(("frames", job, ids[keep], DeviceChunk(x, ready, self.room)))
                 delivered = int(ids[keep][-1])
                 self.source.delivered(job, int(keep.sum()), "nvdec")
+                t3 = time.perf_counter()
                 ready.synchronize()  # the decoder may reuse its surfaces for the next batch
+                t4 = time.perf_counter()
+                spent["launching conversions"] += t1 - t0 + t3 - t2
+                spent["waiting for the main thread"] += t2 - t1
+                spent["waiting for the GPU"] += t4 - t3
                 if time.monotonic() - last_report > 2.0:
                     last_report = time.monotonic()
                     self.source.report({"type": "progress", "video": video.name, "frames": video.frames_done,

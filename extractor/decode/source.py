@@ -31,7 +31,7 @@ import torch
 
 from ..clips import clip_starts, needed_frames, segment_clips
 from .common import FrameIndex, VideoInfo, where
-from .nvdec import nvdec_cannot
+from .nvdec import SPENT, nvdec_cannot
 from .plan import DecodePlan
 from .processes import CpuDecoder, HostChunk
 
@@ -128,7 +128,8 @@ class FrameSource:
 
     def nvdec_use(self) -> dict:
         """For the worker's summary: its NVDEC sessions, their seconds with a job, the probes."""
-        return {"sessions": self.plan.nvdec_sessions, "busy_s": sum(s.busy_s for s in self.all_sessions),
+        spent = {what: sum(s.spent[what] for s in self.all_sessions) for what in SPENT}
+        return {"sessions": self.plan.nvdec_sessions, "busy_s": sum(s.busy_s for s in self.all_sessions), "spent": spent,
                 "idle_s": dict(self.nvdec_idle), **self.probes}
 
     def pss_bytes(self) -> int:
