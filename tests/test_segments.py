@@ -479,3 +479,66 @@ def test_timed_batches_pass_through_and_count_the_decoders_time(encoded):
     seeking = segment_batches(FakeNvdec(index.pts, lambda i: 71), 70, int(index.frame_at(keyframe_pts)), pts, 8, 0)
     with pytest.raises(OutOfStep):
         list(timed(seeking, spent))
+
+
+def test_an_nvdec_session_delivers_a_whole_video_and_accounts_for_its_time(monkeypatch):
+    """NvdecSession.decode on the CPU, with stand-ins for PyNvVideoCodec's decoder (frames
+    as tensors), the CUDA event and the colour conversion: every needed frame is delivered
+    once, in order, the video is reported decoded, and the session's busy time is split
+    (nvdec.SPENT) with decoding, launching conversions and the waits all counted."""
+    import threading
+    import time as time_module
+    from types import SimpleNamespace
+
+    import torch
+
+    from extractor.decode import nvdec
+    from extractor.decode.common import VideoInfo
+    from extractor.decode.plan import DecodePlan
+    from extractor.pipeline import VideoJob
+
+    class Decoder:
+        def __init__(self, count):
+            self.frames, self.position = [torch.full((6, 4), i, dtype=torch.uint8) for i in range(count)], 0
+
+        def get_batch_frames(self, n):
+            time_module.sleep(0.002)
+            out = self.frames[self.position:self.position + n]
+            self.position += len(out)
+            return out
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            time_module.sleep(0.001)
+
+    monkeypatch.setattr(nvdec.torch.cuda, "Event", Event)
+    events = []
+    source = SimpleNamespace(stopping=False, put=events.append, report=lambda ev: None,
+                             delivered=lambda job, n, by: setattr(job, "frames_done", job.frames_done + n),
+                             nvdec_stopped=lambda job, delivered, reason: events.append(("stopped", reason)))
+    maker = SimpleNamespace(from_nv12=lambda batch, info: batch.float())
+    session = nvdec.NvdecSession(0, torch.device("cpu"), source, DecodePlan(1, 1, chunk_frames=8), maker)
+    session.stream = None
+    monkeypatch.setattr(session, "_open", lambda job, seeking: setattr(session, "decoder", Decoder(30)))
+    job = VideoJob(Path("v.mp4"), "v.mp4", info=VideoInfo(30, 30.0, 4, 4), needed=np.arange(0, 28))
+    job.t_decode = time_module.perf_counter()
+    def main_thread_takes_one_late():  # the session may hold 3 chunks: the 4th waits for this
+        while sum(e[0] == "frames" for e in events) < 3:
+            time_module.sleep(0.001)
+        time_module.sleep(0.02)
+        session.room.release()
+
+    taker = threading.Thread(target=main_thread_takes_one_late)
+    taker.start()
+    session.decode(job)
+    taker.join()
+    chunks = [e for e in events if e[0] == "frames"]
+    assert np.concatenate([e[2] for e in chunks]).tolist() == list(range(28)) and events[-1] == ("decoded", job)
+    assert torch.equal(torch.cat([e[3].x[:, 0, 0] for e in chunks]), torch.arange(28).float())
+    spent = session.spent
+    assert set(spent) == set(nvdec.SPENT)
+    assert spent["decoding"] > 0.006 and spent["waiting for the GPU"] > 0.003 and spent["launching conversions"] > 0
+    assert spent["waiting for the main thread"] > 0.01
