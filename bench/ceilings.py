@@ -27,6 +27,24 @@ class SurfacesOnly:
         return batch
 
 
+def modelless_source(videos: list[Path], plan: DecodePlan, clip_len: int, stride: int, device: torch.device,
+                     maker=None) -> FrameSource:
+    """A worker's frame source claiming `videos` in order, with no model behind it (nor tail
+    splitting). Nothing runs its clips off as a worker's model does (pipeline.ClaimPace), so
+    its budget on clips held is lifted: it would stop the claims for good after START_CLIPS
+    clips' worth of videos (on the H100 the ceilings stopped after about 17 of 96 videos)."""
+    todo, lock = list(videos), threading.Lock()
+
+    def claim():
+        with lock:
+            return (todo.pop(0), None, None) if todo else None
+
+    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
+                         maker or SurfacesOnly())
+    source.clip_budget = float("inf")
+    return source
+
+
 def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch.device, clip_len: int = 16,
                 maker=None, seconds: float = 0.0, stall_s: float = 60.0) -> dict:
     """With `maker` (an InputMaker), every chunk is also made model input as the worker makes
@@ -36,22 +54,13 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
     the end of the corpus), so that six ceilings of a large corpus fit one device call; the
     rate is then that of the window, the decoders' start-up left out. A source that sends
     nothing for `stall_s` ends the ceiling, recorded as failed (it never hangs the bench)."""
-    todo, lock = list(videos), threading.Lock()
     if maker is not None and device.type == "cuda":
         from extractor.decode.color import YuvToRgb
 
         maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])  # compiled before the clock starts
 
-    def claim():
-        with lock:
-            return (todo.pop(0), None, None) if todo else None  # (None: no tail splitting)
-
     t0 = time.perf_counter()
-    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
-                         maker or SurfacesOnly())
-    # No model runs the clips off (pipeline.ClaimPace does in a worker): the budget on
-    # clips held would stop the claims for good after START_CLIPS clips' worth of videos.
-    source.clip_budget = float("inf")
+    source = modelless_source(videos, plan, clip_len, stride, device, maker)
     source.start_sessions()
     frames, failed, decoders, t_first, capped = 0, {}, {}, 0.0, False
     windowed = 0  # frames after the first chunk: the window's

@@ -9,17 +9,15 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+from ceilings import modelless_source  # noqa: E402
 from extractor.decode.plan import DecodePlan  # noqa: E402
-from extractor.decode.source import FrameSource  # noqa: E402
-from extractor.pipeline import VideoJob  # noqa: E402
 
 BUILD = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import corpus; "
          "corpus.from_video(Path(sys.argv[2]), 'hacs', int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))")
@@ -28,14 +26,8 @@ BUILD = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path;
 def peak_pss(videos: list[Path], processes: int, seconds: float) -> int:
     """The decoder processes' largest summed proportional set size, in bytes, over `seconds`
     (or until the videos are decoded)."""
-    todo, lock = list(videos), threading.Lock()
-
-    def claim():
-        with lock:
-            return (todo.pop(0), None, None) if todo else None
-
     plan = DecodePlan(cpu_decoders=processes, nvdec_sessions=0, cpu_budget=processes, segment_frames=0)
-    source = FrameSource(plan, 16, 16, 600.0, claim, lambda ev: None, VideoJob, torch.device("cpu"))
+    source = modelless_source(videos, plan, 16, 16, torch.device("cpu"))
     peak, t0 = 0, time.monotonic()
     try:
         while time.monotonic() - t0 < seconds:

@@ -525,6 +525,7 @@ def test_an_nvdec_session_delivers_a_whole_video_and_accounts_for_its_time(monke
     monkeypatch.setattr(session, "_open", lambda job, seeking: setattr(session, "decoder", Decoder(30)))
     job = VideoJob(Path("v.mp4"), "v.mp4", info=VideoInfo(30, 30.0, 4, 4), needed=np.arange(0, 28))
     job.t_decode = time_module.perf_counter()
+
     def main_thread_takes_one_late():  # the session may hold 3 chunks: the 4th waits for this
         while sum(e[0] == "frames" for e in events) < 3:
             time_module.sleep(0.001)
