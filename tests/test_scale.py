@@ -236,6 +236,43 @@ def test_event_log_never_blocks_on_an_event_not_yet_written():
     assert not log.store.check(["event/1"])  # read events leave the store
 
 
+def test_an_event_numbered_by_a_process_that_died_does_not_hold_back_the_rest():
+    """A process killed between numbering an event and writing it leaves a hole in the event
+    log. The coordinator reads the events after the hole (they may be another process's:
+    its workers' starts and results), ends when the run has, and stops waiting for the hole
+    once it has stayed empty for --lost_after_s. (It once waited for it for ever: CI,
+    2026-11-27, a run whose second process was killed right after writing a video.)"""
+    from extractor.launch import EventLog
+    from extractor.launch.coordinator import Coordinator
+
+    class Seen:
+        def __init__(self):
+            self.events = []
+
+        def handle(self, rank, ev):
+            self.events.append((rank, ev["type"]))
+
+        def tick(self):
+            pass
+
+    group = local_group(1)
+    log = EventLog(group)
+    log.store.add("events", 1)  # numbered by a process that died before writing it
+    log.publish(0, {"type": "ready"})
+    seen = Seen()
+    coordinator = Coordinator(group, seen, [], lost_after_s=1.0)
+    coordinator.start()
+    deadline = time.monotonic() + 10
+    while not seen.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen.events == [(0, "ready")]  # read while the hole before it is still open
+    log.publish(0, {"type": "done"})
+    group.store.add("processes_finished", 1)
+    coordinator.join(timeout=10)
+    assert not coordinator.is_alive() and coordinator.error is None
+    assert seen.events == [(0, "ready"), (0, "done")]
+
+
 def test_a_lost_process_does_not_stop_the_run(five_videos, tmp_path):
     """Two srun-style tasks; task 1 is killed (SIGKILL, as when its node dies) while it
     works. Process 0 notices the missing heartbeats, records what task 1 held as failed,

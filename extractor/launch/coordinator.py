@@ -29,24 +29,32 @@ class Coordinator(threading.Thread):
 
     def _run(self):
         store, processes = self.group.store, self.group.processes
-        read, beats, lost = 0, {}, set()
+        numbered, beats, lost = 0, {}, set()
+        unread: dict[int, float] = {}  # event number -> when it was first found numbered and not yet written
         ranks_of: dict[int, set] = {}  # process -> the worker ranks its events came from
         while True:
             finished = store.add("processes_finished", 0)
+            now = time.monotonic()
             available = self.log.count()
-            while read < available:
-                ev = self.log.take(read + 1)
+            unread.update((seq, now) for seq in range(numbered + 1, available + 1))
+            numbered = available
+            # Events are read in number order, past any not yet written: a process killed
+            # between numbering an event and writing it leaves a hole that never fills, and
+            # one process's events are written in order, so nothing after the hole waits on it.
+            for seq in sorted(unread):
+                ev = self.log.take(seq)
                 if ev is None:
-                    break
-                read += 1
+                    if now - unread[seq] > self.lost_after_s:
+                        del unread[seq]
+                    continue
+                del unread[seq]
                 ranks_of.setdefault(ev["process"], set()).add(ev["rank"])
                 self.progress.handle(ev["rank"], ev)
-            if finished + len(lost) >= processes and read == self.log.count():
+            if finished + len(lost) >= processes and not unread and numbered == self.log.count():
                 break
             if self.stopping.is_set():
                 return
             self.progress.tick()
-            now = time.monotonic()
             for p in range(1, processes):
                 if p in lost or store.check([f"finished/{p}"]):
                     continue
