@@ -201,6 +201,7 @@ class Progress:
         elif kind == "done":
             self.held.get(rank, set()).discard(name)
             self.meter.ended(name, done=True)
+            s.failed.pop(name, None)  # recorded failed when its process seemed lost; it was only slow
             s.done += 1
             s.last_result_s = self.clock() - self.t0
             s.clips += ev["clips"]
@@ -243,6 +244,11 @@ class Progress:
                 self.on_video(ev)
             except OSError as e:
                 self.say(f"warning: cannot write the manifest: {e}", err=True)
+
+    def has_result(self, name: str) -> bool:
+        """Whether the video was recorded done or failed."""
+        with self.lock:
+            return name in self.meter.ended_videos
 
     def lose_ranks(self, ranks: list, why: str):
         with self.lock:

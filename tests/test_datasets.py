@@ -285,6 +285,20 @@ def test_rate_counts_from_the_first_worker_ready_to_the_last_video_written():
     assert (summary.startup_s, summary.wall_s, summary.work_s()) == (10.0, 35.0, 20.0)
 
 
+def test_a_result_from_a_process_thought_lost_replaces_its_failure():
+    """A process whose heartbeats stalled past --lost_after_s had its videos recorded failed;
+    its result coming after all makes the video done, counted once."""
+    summary = RunSummary()
+    progress = Progress({"a.mp4": 100}, summary, RunLog(None), clip_len=16, stride=4)
+    progress.handle(1, {"type": "claimed", "video": "a.mp4"})
+    progress.lose_ranks([1], "was lost")
+    assert list(summary.failed) == ["a.mp4"] and progress.has_result("a.mp4")
+    progress.handle(1, {"type": "done", "video": "a.mp4", "clips": 10, "frames": 50, "fps": 25.0, "decode_s": 1.0,
+                        "model_s": 1.0, "save_s": 0.0, "decoder": "pyav", "path": "x", "feature_file": "x.npy"})
+    assert summary.done == 1 and not summary.failed
+    progress.close()
+
+
 def test_a_video_written_before_its_worker_was_lost_counts_as_done(tmp_path):
     """The lost worker wrote v0's features and died before reporting them: v0 is done (its
     file is complete), not failed; v1, which failed for a reason of its own, stays failed."""

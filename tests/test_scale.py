@@ -273,6 +273,32 @@ def test_an_event_numbered_by_a_process_that_died_does_not_hold_back_the_rest():
     assert seen.events == [(0, "ready"), (0, "done")]
 
 
+def test_every_video_gets_a_result_when_a_process_is_lost():
+    """Process 1 claims two videos and is lost having said so for one only (killed between
+    the claim and its event): both are recorded failed, as held by a lost process (so that
+    features it wrote are kept: keep_written_before_loss), and the video nobody claimed as
+    not processed. None is left without a result."""
+    from extractor.launch import EventLog, Group
+    from extractor.launch.coordinator import Coordinator
+    from extractor.progress import LOST_WHILE_HOLDING, Progress, RunLog
+
+    store = local_group(1).store
+    group = Group(store, process=0, processes=2, ranks=[0], local_ranks=[0], world_size=2)
+    other = EventLog(Group(store, process=1, processes=2, ranks=[1], local_ranks=[0], world_size=2))
+    store.add("claimed", 2)
+    other.publish(1, {"type": "claimed", "video": "a.mp4", "attempt": 1})
+    summary = RunSummary()
+    progress = Progress({"a.mp4": 10, "b.mp4": 10, "c.mp4": 10}, summary, RunLog(None), 16, 16)
+    coordinator = Coordinator(group, progress, ["a.mp4", "b.mp4", "c.mp4"], lost_after_s=1.0)
+    coordinator.start()
+    store.add("processes_finished", 1)  # process 0's own share is finished
+    coordinator.join(timeout=20)
+    assert not coordinator.is_alive() and coordinator.error is None
+    assert sorted(summary.failed) == ["a.mp4", "b.mp4", "c.mp4"]
+    assert summary.failed["a.mp4"].endswith(LOST_WHILE_HOLDING) and summary.failed["b.mp4"].endswith(LOST_WHILE_HOLDING)
+    assert summary.failed["c.mp4"].startswith("not processed")
+
+
 def test_a_lost_process_does_not_stop_the_run(five_videos, tmp_path):
     """Two srun-style tasks; task 1 is killed (SIGKILL, as when its node dies) while it
     works. Process 0 notices the missing heartbeats, records what task 1 held as failed,

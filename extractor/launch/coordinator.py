@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Optional
 
-from ..progress import Progress
+from ..progress import LOST_WHILE_HOLDING, Progress
 from .group import EventLog, Group
 
 
@@ -67,6 +67,11 @@ class Coordinator(threading.Thread):
                                       "lost and the videos it held as failed", err=True)
                     self.progress.lose_ranks(sorted(ranks_of.get(p, ())), "was lost (its process stopped responding)")
             time.sleep(0.05)
+        # Every video gets a result. One claimed with none was held by a process that was
+        # lost (killed after claiming it and before saying so, or while it waited for a retry).
         claimed = min(store.add("claimed", 0), len(self.todo))
-        for name in self.todo[claimed:]:
-            self.progress.handle(-1, {"type": "failed", "video": name, "reason": "not processed: every worker stopped"})
+        for i, name in enumerate(self.todo):
+            if not self.progress.has_result(name):
+                reason = f"its process was lost {LOST_WHILE_HOLDING}" if i < claimed else \
+                    "not processed: every worker stopped"
+                self.progress.handle(-1, {"type": "failed", "video": name, "reason": reason})
