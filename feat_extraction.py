@@ -304,6 +304,9 @@ def video_record(ev: dict, cfg) -> dict:
 
 
 def main(argv=None) -> int:
+    # torch's C++ warnings come with their C++ stack: a store connection that closes (process 0
+    # stopped) printed one per call. Its errors still print; the message that matters is ours.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from extractor.launch import dump_stacks_on_sigusr1, launcher_environment
 
     args = build_parser().parse_args(argv)
@@ -317,17 +320,24 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from extractor.launch import RunSummary, join_launcher_group, local_group, run_group
+    from torch.distributed import DistError
+
+    from extractor.decode.common import first_line
+    from extractor.launch import GroupError, RunSummary, join_launcher_group, local_group, run_group
     from extractor.progress import RUN_LOG, RunLog
 
+    where = "in this process"
     if launcher is None:
         group = local_group(world_size)
     else:
+        where = f"at {launcher['master_addr']}:{launcher['master_port']}"
         try:
-            group = join_launcher_group(launcher)
+            group = join_launcher_group(launcher, say=lambda text: print(text, file=sys.stderr, flush=True))
+        except GroupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except Exception as e:  # a timeout or refused connection: one line, not a traceback
-            print(f"error: rendezvous at {launcher['master_addr']}:{launcher['master_port']} failed: "
-                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            print(f"error: rendezvous {where} failed: {first_line(e)}", file=sys.stderr)
             return 2
     log = RunLog(cfg.save_path / RUN_LOG if group.coordinator else None)  # process 0 keeps the run's log
     try:
@@ -341,6 +351,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log.say("interrupted: finished feature files are kept; run the same command again to resume", err=True)
         return 130
+    except (GroupError, DistError) as e:  # process 0, which hosts the group's store, stopped or gave up
+        log.say(f"error: this process lost its group (its store {where}: {first_line(e)}) and stops; finished "
+                "feature files are kept; run the same command again to resume", err=True)
+        return 3
     finally:
         log.close()
 

@@ -299,6 +299,62 @@ def test_every_video_gets_a_result_when_a_process_is_lost():
     assert summary.failed["c.mp4"].startswith("not processed")
 
 
+def test_process_0_says_who_has_not_joined_and_gives_up_in_time():
+    """Process 0 waits for every process to join, saying which have not; past the timeout it
+    raises one clear error and tells those that joined, rather than waiting silently for half
+    an hour (torch's env:// rendezvous did: a srun task killed at start-up hung the run)."""
+    import threading
+
+    from extractor.launch import GroupError, join_launcher_group, read_todo
+
+    before = dict(os.environ)
+    port = free_port()
+
+    def env(rank):
+        return {"rank": rank, "world_size": 3, "local_rank": rank, "master_addr": "127.0.0.1", "master_port": port,
+                "node_workers": 1}
+
+    said, seen_by_1 = [], []
+
+    def process_1():
+        group = join_launcher_group(env(1), timeout_s=30)
+        try:
+            read_todo(group)
+        except GroupError as e:
+            seen_by_1.append(str(e))
+
+    t0 = time.monotonic()
+    joiner = threading.Thread(target=process_1, daemon=True)
+    joiner.start()
+    with pytest.raises(GroupError, match=r"process\(es\) 2 of 3 did not join within 3s"):
+        join_launcher_group(env(0), timeout_s=3, say=said.append, report_every_s=1)
+    assert time.monotonic() - t0 < 15
+    joiner.join(timeout=10)
+    assert seen_by_1 and seen_by_1[0].startswith("process 0 gave up: process(es) 2 of 3 did not join")
+    assert said and said[-1].startswith("waiting for process(es) 2 of 3 to join")  # 1 joined by then
+    assert dict(os.environ) == before  # what the CLI's later subprocesses inherit
+
+
+def test_a_process_whose_process_0_stops_says_so_in_one_line(five_videos, tmp_path):
+    """Process 0 (it hosts the group's store) killed mid-run: the other process stops its
+    workers and says so in one line, exit status 3, no traceback or C++ stack."""
+    out = tmp_path / "out"
+    args = tiny_args(five_videos, out, "--batch_clips", "2")
+    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4244", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=cli_env(SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base)) for r in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.npy")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs[0].kill()
+    procs[0].communicate()
+    _, stderr = procs[1].communicate(timeout=60)
+    assert procs[1].returncode == 3, stderr
+    assert stderr.strip().splitlines() == [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+    assert "lost its group" in stderr and "run the same command again" in stderr
+
+
 def test_a_lost_process_does_not_stop_the_run(five_videos, tmp_path):
     """Two srun-style tasks; task 1 is killed (SIGKILL, as when its node dies) while it
     works. Process 0 notices the missing heartbeats, records what task 1 held as failed,

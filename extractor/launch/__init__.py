@@ -29,12 +29,13 @@ from ..datasets import file_sizes
 from ..pipeline import RunConfig
 from ..progress import Progress, RunLog
 from .coordinator import Coordinator
-from .group import EventLog, Group, join_launcher_group, launcher_environment, local_group, publish_todo, read_todo
+from .group import (EventLog, Group, GroupError, join_launcher_group, launcher_environment, local_group, publish_todo,
+                    read_todo)
 from .supervisor import Supervisor
 from .worker import cores_available, dump_stacks_on_sigusr1, injected_fault
 
 __all__ = ["RunSummary", "order_longest_first", "run_group", "launch", "cores_available", "dump_stacks_on_sigusr1",
-           "injected_fault", "EventLog", "Group", "join_launcher_group", "launcher_environment", "local_group",
+           "injected_fault", "EventLog", "Group", "GroupError", "join_launcher_group", "launcher_environment", "local_group",
            "Supervisor"]
 
 
@@ -108,8 +109,11 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
             progress.close()
         raise
     finally:
-        group.store.set(f"finished/{group.process}", "1")
-        group.store.add("processes_finished", 1)
+        try:
+            group.store.set(f"finished/{group.process}", "1")
+            group.store.add("processes_finished", 1)
+        except RuntimeError:  # the store is gone (process 0 stopped): the error that said so goes on up
+            pass
     if coordinator is not None:
         coordinator.join()
         progress.close()

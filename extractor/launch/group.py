@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,16 +53,54 @@ def launcher_environment() -> Optional[dict]:
             "source": source, "node_workers": max(1, node_workers)}
 
 
-def join_launcher_group(env: dict, timeout_s: float = 1800.0) -> Group:
-    """Rendezvous through torch.distributed (env://): torchrun's agent store when torchrun
-    serves one, else a TCPStore hosted by rank 0."""
-    from torch.distributed import PrefixStore, rendezvous
+class GroupError(Exception):
+    """The group cannot form or lost its store: one line for the user."""
 
-    os.environ.update(RANK=str(env["rank"]), WORLD_SIZE=str(env["world_size"]),
-                      MASTER_ADDR=env["master_addr"], MASTER_PORT=str(env["master_port"]))
-    store, rank, world = next(rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
-    return Group(PrefixStore("feat_extraction/", store), process=rank, processes=world, ranks=[rank],
-                 local_ranks=[env["local_rank"]], world_size=world, node_workers=env["node_workers"])
+
+def join_launcher_group(env: dict, timeout_s: float = 1800.0, say=None, report_every_s: float = 30.0) -> Group:
+    """Joins the group: through torchrun's agent store when torchrun serves one, else a
+    TCPStore that process 0 hosts (the others connect to it, waiting up to `timeout_s` for
+    it to come up). Process 0 then waits for every process to join, saying every
+    `report_every_s` which have not (`say`); after `timeout_s` it gives up, tells the
+    processes that joined, and raises GroupError naming the missing ones."""
+    from torch.distributed import PrefixStore, TCPStore, rendezvous
+
+    rank, world = env["rank"], env["world_size"]
+    timeout = timedelta(seconds=timeout_s)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's variables are all set
+        store = next(rendezvous("env://", timeout=timeout))[0]
+    else:  # not torch's env:// rendezvous: its process 0 waits for the others silently, for half an hour
+        store = TCPStore(env["master_addr"], int(env["master_port"]), None, is_master=rank == 0, timeout=timeout,
+                         wait_for_workers=False, multi_tenant=True, use_libuv=True)
+    # a torchrun restart of the group meets the same agent store: its keys start afresh
+    store = PrefixStore(f"feat_extraction/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    store.set(f"joined/{rank}", socket.gethostname())
+    store.add("joined", 1)
+    if rank == 0:
+        wait_for_processes(store, world, timeout_s, say or (lambda text: None), report_every_s)
+    return Group(store, process=rank, processes=world, ranks=[rank], local_ranks=[env["local_rank"]],
+                 world_size=world, node_workers=env["node_workers"])
+
+
+def wait_for_processes(store, world: int, timeout_s: float, say, report_every_s: float) -> None:
+    t0 = time.monotonic()
+    next_report = t0 + report_every_s
+    while store.add("joined", 0) < world:
+        now = time.monotonic()
+        if now - t0 > timeout_s or now >= next_report:
+            missing = [p for p in range(world) if not store.check([f"joined/{p}"])]
+            names = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            if now - t0 > timeout_s:
+                why = f"process(es) {names} of {world} did not join within {timeout_s:.0f}s"
+                store.set("todo", json.dumps({"gave_up": why}))
+                # the store ends with this process: the ones that joined read why first
+                deadline = time.monotonic() + 10.0
+                while store.add("told", 0) < world - len(missing) - 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                raise GroupError(f"{why}: check that every task started (the launcher's log)")
+            say(f"waiting for process(es) {names} of {world} to join ({now - t0:.0f}s; gives up after {timeout_s:.0f}s)")
+            next_report = now + report_every_s
+        time.sleep(0.1)
 
 
 def local_group(world_size: int) -> Group:
@@ -78,7 +117,11 @@ def publish_todo(group: Group, names: list[str]) -> None:
 
 
 def read_todo(group: Group) -> list[str]:
-    return json.loads(group.store.get("todo"))
+    todo = json.loads(group.store.get("todo"))
+    if isinstance(todo, dict):
+        group.store.add("told", 1)
+        raise GroupError(f"process 0 gave up: {todo['gave_up']}")
+    return todo
 
 
 class EventLog:
