@@ -10,8 +10,9 @@ scaled, looped to 1000 frames at 30 fps, H.264 crf 23, copied --copies times), o
 synthetic texture (--synthetic), which decodes several times slower.
 
 Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
-  ceilings  decoding alone with the pipeline's own decoders: CPU processes, NVDEC sessions, both;
-            then each again with the frames made model input ("+convert"; no model)
+  ceilings  decoding alone with the pipeline's own decoders: CPU processes, NVDEC sessions, both
+            (or the plans --ceiling_plans names); then each again with the frames made model
+            input ("+convert"; no model; --ceiling_passes picks either pass)
   model     the model alone on random clips already on the device (the default dtype, compiled)
   e2e       feat_extraction.py with default flags: its own summary line, beside the ceilings
   fidelity  pixels of the GPU colour conversion (from the CPU decoder's planes and from NVDEC)
@@ -89,7 +90,20 @@ def checkpoint(work: Path, quick: bool) -> Path:
     return ckpt
 
 
-def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: float) -> dict:
+def ceiling_plans(spec: str) -> dict:
+    """'cpu,nvdec,auto,auto6=auto:6' -> {name: (decoder, CPU decoder processes or 0 for the default)}."""
+    plans = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, what = item.partition("=")
+        decoder, _, processes = (what or name).partition(":")
+        if decoder not in ("cpu", "nvdec", "auto") or (processes and not processes.isdigit()):
+            raise SystemExit(f"--ceiling_plans: {item!r} is not NAME[=DECODER[:PROCESSES]] with DECODER cpu, nvdec or auto")
+        plans[name] = (decoder, int(processes or 0))
+    return plans
+
+
+def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: float,
+                   spec: str = "cpu,nvdec,auto", passes: str = "decode,convert") -> dict:
     from ceilings import decode_only
 
     from extractor.launch import cores_available
@@ -97,12 +111,12 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
     from extractor.pipeline import RunConfig
 
     plans = {}
-    for decoder in ("cpu", "nvdec", "auto"):
-        cfg = RunConfig(save_path=Path("."), ckpt_path=Path("."), decoder=decoder)
+    for name, (decoder, processes) in ceiling_plans(spec).items():
+        cfg = RunConfig(save_path=Path("."), ckpt_path=Path("."), decoder=decoder, cpu_decoders=processes)
         plan = plan_decoding(cfg, dev, cores_available())
         if decoder != "cpu" and not plan.nvdec_sessions:
             continue
-        plans[decoder] = plan
+        plans[name] = plan
     from extractor.backbones import Preprocessing
     from extractor.video import InputMaker
 
@@ -110,7 +124,8 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
     # the second pass makes the frames model input: the pipeline less the model
     converting = InputMaker(dev, Preprocessing(), torch.bfloat16 if cuda else torch.float32, compile=cuda)
     out = {}
-    for maker, suffix in ((None, ""), (converting, "+convert")):
+    for maker, suffix in [(m, x) for m, x, p in ((None, "", "decode"), (converting, "+convert", "convert"))
+                          if p in passes.split(",")]:
         for name, plan in plans.items():
             r = out[name + suffix] = decode_only(videos, plan, stride, dev, maker=maker, seconds=seconds)
             window = f"{r['capped_s']:.0f} s from the first frames" if r["capped_s"] else "whole corpus"
@@ -296,6 +311,11 @@ def main():
                                                        "'defaults;cpu=--decoder cpu'")
     ap.add_argument("--ceiling_s", type=float, default=20, help="ceilings: seconds each decoder plan runs "
                                                                  "from its first frames (0: the whole corpus)")
+    ap.add_argument("--ceiling_plans", default="cpu,nvdec,auto",
+                    help="ceilings: decoder plans, each NAME[=DECODER[:PROCESSES]], e.g. 'nvdec,auto,auto4=auto:4' "
+                         "(auto with 4 CPU decoder processes)")
+    ap.add_argument("--ceiling_passes", default="decode,convert",
+                    help="ceilings: 'decode' (decoding alone), 'convert' (frames made model input), or both")
     ap.add_argument("--cli_timeout", type=float, default=1200, help="seconds before a CLI run is stopped")
     ap.add_argument("--profile_s", type=float, default=0, help="e2e and balance: seconds of py-spy samples of "
                                                                          "the workers")
@@ -355,7 +375,7 @@ def main():
         if "e2e" in stages:
             r["e2e"] = stage_e2e(kind, videos[0].parent, work, ckpt, a)
         if "ceilings" in stages:
-            r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.ceiling_s)
+            r["ceilings"] = stage_ceilings(videos, PRESETS[kind], dev, a.ceiling_s, a.ceiling_plans, a.ceiling_passes)
         if "fidelity" in stages:
             r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick, a.logs, a.fidelity_features)
         if "original" in stages:

@@ -66,6 +66,26 @@ def test_a_ceiling_decodes_more_clips_than_a_worker_may_hold(tmp_path, monkeypat
     assert not r["failed"] and r["frames"] == 3 * 40
 
 
+def test_ceilings_run_the_plans_and_passes_asked_for(tmp_path):
+    """--ceiling_plans NAME=DECODER:PROCESSES and --ceiling_passes: each named plan, with its
+    number of CPU decoder processes, in the passes asked for only; a bad plan is one line."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pytest
+    import torch
+    from run import ceiling_plans, stage_ceilings
+
+    from extractor.demo import write_video
+
+    assert ceiling_plans("cpu, auto4=auto:4") == {"cpu": ("cpu", 0), "auto4": ("auto", 4)}
+    with pytest.raises(SystemExit, match="not NAME"):
+        ceiling_plans("x=gpu:2")
+    videos = [write_video(tmp_path / f"v{i}.mp4", 40, 64, 48) for i in range(2)]
+    r = stage_ceilings(videos, 4, torch.device("cpu"), 0, "cpu1=cpu:1,cpu2=cpu:2", "convert")
+    assert sorted(r) == ["cpu1+convert", "cpu2+convert"]
+    assert r["cpu1+convert"]["plan"].startswith("1 CPU decoder") and r["cpu2+convert"]["plan"].startswith("2 CPU")
+    assert all(x["frames"] == 2 * 40 and not x["failed"] for x in r.values())
+
+
 def test_decoder_memory_grows_with_the_decoder_processes(tmp_path):
     """bench/decoder_memory.peak_pss: the processes' summed memory, sampled while they decode,
     is larger for two processes than for one."""
