@@ -468,4 +468,8 @@ def records(cfg, manifest, failed: dict, missing) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the run began (the run handles its own)
+        print("interrupted: nothing was done", file=sys.stderr)
+        sys.exit(130)

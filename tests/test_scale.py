@@ -335,6 +335,42 @@ def test_process_0_says_who_has_not_joined_and_gives_up_in_time():
     assert dict(os.environ) == before  # what the CLI's later subprocesses inherit
 
 
+@pytest.mark.parametrize("process", [0, 1])
+def test_a_group_still_forming_stops_on_sigterm(five_videos, tmp_path, process):
+    """One task of two started: process 0 waits for the other to join, process 1 for process
+    0's store. SIGTERM (scancel) stops either at once with one line, exit status 130 (both
+    waits ran in C++, deaf to signals, for half an hour)."""
+    import socket
+
+    port = free_port()
+    env = cli_env(SLURM_NTASKS="2", SLURM_JOB_ID="4245", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                  SLURM_PROCID=str(process), SLURM_LOCALID="0", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cli_command(*tiny_args(five_videos, tmp_path / "out")), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+
+    def waiting() -> bool:
+        if process == 0:  # its store is up: it waits for process 1
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))  # its SIGTERM handler is in place
+
+    try:
+        deadline = time.monotonic() + 120
+        while not waiting() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()  # a process deaf to SIGTERM is not left behind
+    assert proc.returncode == 130 and stderr.strip() == "interrupted: nothing was done", stderr
+
+
 def test_a_process_whose_process_0_stops_says_so_in_one_line(five_videos, tmp_path):
     """Process 0 (it hosts the group's store) killed mid-run: the other process stops its
     workers and says so in one line, exit status 3, no traceback or C++ stack."""

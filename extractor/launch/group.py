@@ -69,9 +69,12 @@ def join_launcher_group(env: dict, timeout_s: float = 1800.0, say=None, report_e
     timeout = timedelta(seconds=timeout_s)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's variables are all set
         store = next(rendezvous("env://", timeout=timeout))[0]
-    else:  # not torch's env:// rendezvous: its process 0 waits for the others silently, for half an hour
-        store = TCPStore(env["master_addr"], int(env["master_port"]), None, is_master=rank == 0, timeout=timeout,
+    elif rank == 0:  # not torch's env:// rendezvous: its process 0 waits for the others silently, for half an hour
+        store = TCPStore(env["master_addr"], int(env["master_port"]), None, is_master=True, timeout=timeout,
                          wait_for_workers=False, multi_tenant=True, use_libuv=True)
+    else:
+        store = connect_to_process_0(env["master_addr"], int(env["master_port"]), timeout_s, say or (lambda text: None),
+                                     report_every_s)
     # a torchrun restart of the group meets the same agent store: its keys start afresh
     store = PrefixStore(f"feat_extraction/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     store.set(f"joined/{rank}", socket.gethostname())
@@ -80,6 +83,29 @@ def join_launcher_group(env: dict, timeout_s: float = 1800.0, say=None, report_e
         wait_for_processes(store, world, timeout_s, say or (lambda text: None), report_every_s)
     return Group(store, process=rank, processes=world, ranks=[rank], local_ranks=[env["local_rank"]],
                  world_size=world, node_workers=env["node_workers"])
+
+
+def connect_to_process_0(addr: str, port: int, timeout_s: float, say, report_every_s: float):
+    """A client of process 0's store, tried every few seconds until it answers (a wait in
+    one long attempt could not be stopped by Ctrl-C or SIGTERM: it runs in C++)."""
+    from torch.distributed import TCPStore
+
+    t0 = time.monotonic()
+    next_report = t0 + report_every_s
+    while True:
+        try:  # a plain socket first: torch logs every failed attempt with its C++ stack
+            socket.create_connection((addr, port), timeout=2).close()
+            return TCPStore(addr, port, None, is_master=False, timeout=timedelta(seconds=timeout_s),
+                            wait_for_workers=False, use_libuv=True)
+        except OSError as e:
+            now = time.monotonic()
+            if now - t0 > timeout_s:
+                raise GroupError(f"process 0's store at {addr}:{port} did not answer within {timeout_s:.0f}s "
+                                 f"({e.strerror or e})") from None
+            if now >= next_report:
+                say(f"waiting for process 0 at {addr}:{port} ({now - t0:.0f}s; gives up after {timeout_s:.0f}s)")
+                next_report = now + report_every_s
+            time.sleep(0.5)
 
 
 def wait_for_processes(store, world: int, timeout_s: float, say, report_every_s: float) -> None:
@@ -116,7 +142,14 @@ def publish_todo(group: Group, names: list[str]) -> None:
     group.store.set("todo", json.dumps(names))
 
 
-def read_todo(group: Group) -> list[str]:
+def read_todo(group: Group, timeout_s: float = 1800.0) -> list[str]:
+    """The videos to do, once process 0 has published them (waited for in short polls that
+    Ctrl-C and SIGTERM can stop)."""
+    deadline = time.monotonic() + timeout_s
+    while not group.store.check(["todo"]):
+        if time.monotonic() > deadline:
+            raise GroupError(f"process 0 did not publish the videos to do within {timeout_s:.0f}s")
+        time.sleep(0.25)
     todo = json.loads(group.store.get("todo"))
     if isinstance(todo, dict):
         group.store.add("told", 1)
