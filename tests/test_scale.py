@@ -371,18 +371,24 @@ def test_a_group_still_forming_stops_on_sigterm(five_videos, tmp_path, process):
     assert proc.returncode == 130 and stderr.strip() == "interrupted: nothing was done", stderr
 
 
-def test_a_process_whose_process_0_stops_says_so_in_one_line(five_videos, tmp_path):
-    """Process 0 (it hosts the group's store) killed mid-run: the other process stops its
-    workers and says so in one line, exit status 3, no traceback or C++ stack."""
-    out = tmp_path / "out"
-    args = tiny_args(five_videos, out, "--batch_clips", "2")
-    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4244", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+def two_tasks_until_a_video_is_written(args: list) -> list:
+    """Two srun-style tasks of the CLI with `args`, returned once the first feature file
+    appears in --save_path (or after two minutes)."""
+    out = Path(args[args.index("--save_path") + 1])
+    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4243", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                 OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                               env=cli_env(SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base)) for r in (0, 1)]
     deadline = time.monotonic() + 120
     while not list(out.glob("*.npy")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return procs
+
+
+def test_a_process_whose_process_0_stops_says_so_in_one_line(five_videos, tmp_path):
+    """Process 0 (it hosts the group's store) killed mid-run: the other process stops its
+    workers and says so in one line, exit status 3, no traceback or C++ stack."""
+    procs = two_tasks_until_a_video_is_written(tiny_args(five_videos, tmp_path / "out", "--batch_clips", "2"))
     procs[0].kill()
     procs[0].communicate()
     _, stderr = procs[1].communicate(timeout=60)
@@ -397,13 +403,7 @@ def test_a_lost_process_does_not_stop_the_run(five_videos, tmp_path):
     finishes the rest and ends; the same command run again completes the set."""
     out = tmp_path / "out"
     args = tiny_args(five_videos, out, "--batch_clips", "2", "--lost_after_s", "4")
-    base = dict(SLURM_NTASKS="2", SLURM_JOB_ID="4243", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-                OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                              env=cli_env(SLURM_PROCID=str(r), SLURM_LOCALID=str(r), **base)) for r in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.npy")) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    procs = two_tasks_until_a_video_is_written(args)
     procs[1].kill()
     stdout, stderr = procs[0].communicate(timeout=120)
     procs[1].communicate()
