@@ -66,21 +66,20 @@ def join_launcher_group(env: dict, timeout_s: float = 1800.0, say=None, report_e
     from torch.distributed import PrefixStore, TCPStore, rendezvous
 
     rank, world = env["rank"], env["world_size"]
-    timeout = timedelta(seconds=timeout_s)
+    timeout, say = timedelta(seconds=timeout_s), say or (lambda text: None)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's variables are all set
         store = next(rendezvous("env://", timeout=timeout))[0]
     elif rank == 0:  # not torch's env:// rendezvous: its process 0 waits for the others silently, for half an hour
         store = TCPStore(env["master_addr"], int(env["master_port"]), None, is_master=True, timeout=timeout,
                          wait_for_workers=False, multi_tenant=True, use_libuv=True)
     else:
-        store = connect_to_process_0(env["master_addr"], int(env["master_port"]), timeout_s, say or (lambda text: None),
-                                     report_every_s)
+        store = connect_to_process_0(env["master_addr"], int(env["master_port"]), timeout_s, say, report_every_s)
     # a torchrun restart of the group meets the same agent store: its keys start afresh
     store = PrefixStore(f"feat_extraction/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     store.set(f"joined/{rank}", socket.gethostname())
     store.add("joined", 1)
     if rank == 0:
-        wait_for_processes(store, world, timeout_s, say or (lambda text: None), report_every_s)
+        wait_for_processes(store, world, timeout_s, say, report_every_s)
     return Group(store, process=rank, processes=world, ranks=[rank], local_ranks=[env["local_rank"]],
                  world_size=world, node_workers=env["node_workers"])
 
