@@ -124,8 +124,9 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
     # the second pass makes the frames model input: the pipeline less the model
     converting = InputMaker(dev, Preprocessing(), torch.bfloat16 if cuda else torch.float32, compile=cuda)
     out = {}
-    for maker, suffix in [(m, x) for m, x, p in ((None, "", "decode"), (converting, "+convert", "convert"))
-                          if p in passes.split(",")]:
+    for maker, suffix, pass_name in ((None, "", "decode"), (converting, "+convert", "convert")):
+        if pass_name not in passes.split(","):
+            continue
         for name, plan in plans.items():
             r = out[name + suffix] = decode_only(videos, plan, stride, dev, maker=maker, seconds=seconds)
             window = f"{r['capped_s']:.0f} s from the first frames" if r["capped_s"] else "whole corpus"

@@ -302,6 +302,13 @@ def frames_by_decoder(counts) -> str:
     return f" | frames decoded: NVDEC {counts['nvdec']:,}, CPU {counts.get('cpu', 0):,}"
 
 
+def shares(seconds_by_what: dict, total: float) -> str:
+    """'decoding 50%, waiting for the GPU 30%': each positive part as a share of `total`,
+    largest first ('' when there is none or total is not positive)."""
+    parts = sorted(((what, s) for what, s in seconds_by_what.items() if s > 0), key=lambda kv: -kv[1])
+    return ", ".join(f"{what} {s / total:.0%}" for what, s in parts) if total > 0 else ""
+
+
 def nvdec_use(use, work_s: float) -> str:
     """' | NVDEC sessions busy 64% of the time (decoding 50%, waiting for the GPU 30%, ...);
     idle for want of a claim: no videos left 37%, ... | probes for NVDEC: 45, 0.17s on
@@ -314,12 +321,9 @@ def nvdec_use(use, work_s: float) -> str:
     busy = use["busy_s"] / max(1e-9, use["sessions"] * work_s)
     probes = use["count"]
     mean = use["total_s"] / probes if probes else 0.0
-    idle = {why: seconds for why, seconds in (use.get("idle_s") or {}).items() if why and seconds > 0}
-    total = sum(idle.values())
-    why = ", ".join(f"{reason} {seconds / total:.0%}" for reason, seconds in sorted(idle.items(), key=lambda kv: -kv[1]))
-    spent = {what: seconds for what, seconds in (use.get("spent") or {}).items() if seconds > 0}
-    how = ", ".join(f"{what} {seconds / use['busy_s']:.0%}" for what, seconds in
-                    sorted(spent.items(), key=lambda kv: -kv[1])) if spent and use["busy_s"] > 0 else ""
+    idle = {why: seconds for why, seconds in (use.get("idle_s") or {}).items() if why}
+    why = shares(idle, sum(v for v in idle.values() if v > 0))
+    how = shares(use.get("spent") or {}, use["busy_s"])
     return (f" | NVDEC sessions busy {busy:.0%} of the time" + (f" ({how})" if how else "")
             + (f"; idle for want of a claim: {why}" if why else "")
             + f" | probes for NVDEC: {probes}, {mean:.2f}s on average, longest {use['longest_s']:.2f}s")

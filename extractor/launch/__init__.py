@@ -35,8 +35,8 @@ from .supervisor import Supervisor
 from .worker import cores_available, dump_stacks_on_sigusr1, injected_fault
 
 __all__ = ["RunSummary", "order_longest_first", "run_group", "launch", "cores_available", "dump_stacks_on_sigusr1",
-           "injected_fault", "EventLog", "Group", "GroupError", "join_launcher_group", "launcher_environment", "local_group",
-           "Supervisor"]
+           "injected_fault", "EventLog", "Group", "GroupError", "join_launcher_group", "launcher_environment",
+           "local_group", "Supervisor"]
 
 
 @dataclass
