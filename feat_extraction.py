@@ -112,9 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "reading with decord, the original's decoder (same pixels); nvdec: NVDEC for every video it "
                         "can take, one process for the rest. Every choice gives the original's pixels")
     r.add_argument("--cpu_decoders", "--parallel_videos", type=positive_int, default=None,
-                   help="decoder processes per worker (default: the cores of the worker's share of the node, minus one)")
+                   help="decoder processes per worker (default: the cores of the worker's share of the node, minus "
+                        "one; half its cores beside NVDEC sessions)")
     r.add_argument("--nvdec_sessions", type=positive_int, default=None,
                    help="NVDEC sessions per worker (default: 2 per decoder engine of the GPU)")
+    r.add_argument("--nvdec_sms", type=count_or_zero, default=4,
+                   help="SMs the model leaves free while NVDEC sessions run: NVDEC's per-frame GPU work waits for a "
+                        "free SM, so beside a model on every SM it decodes at less than half its rate (a CUDA green "
+                        "context; 0: the model runs on every SM)")
     r.add_argument("--num_threads", type=positive_int, default=None,
                    help="FFmpeg threads per video (default: from the load, 1 when every decoder is busy, up to 4)")
     r.add_argument("--decode_buffer_mb", type=positive_int, default=48,
@@ -212,7 +217,7 @@ def resolve(args: argparse.Namespace, launcher=None):
         save_path=args.save_path, ckpt_path=args.ckpt_path, model_type=args.model_type, model_name=args.model_name,
         model_key=args.model_key, device=device, clip_len=clip_len, stride=stride, batch_clips=args.batch_clips,
         dtype=dtype, compile=compile_model, decoder=args.decoder, cpu_decoders=args.cpu_decoders or 0,
-        nvdec_sessions=args.nvdec_sessions or 0, num_threads=args.num_threads or 0,
+        nvdec_sessions=args.nvdec_sessions or 0, nvdec_sms=args.nvdec_sms, num_threads=args.num_threads or 0,
         decode_buffer_bytes=args.decode_buffer_mb << 20, segment_frames=args.segment_frames,
         normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,

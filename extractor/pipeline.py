@@ -18,6 +18,7 @@ import torch
 from .backbones import Backbone, BackboneOptions, open_backbone
 from .decode.common import FrameIndex, VideoInfo
 from .decode.processes import process_pss_bytes
+from .decode.nvdec import leave_sms_to_nvdec
 from .decode.plan import plan_decoding
 from .decode.source import HELD_SECONDS, START_CLIPS, FrameSource
 from .datasets import feature_relpath, video_name
@@ -46,6 +47,7 @@ class RunConfig:
     decoder: str = "auto"
     cpu_decoders: int = 0  # decoder processes per worker; 0: from the cores (see plan_decoding)
     nvdec_sessions: int = 0  # NVDEC sessions per worker; 0: from the GPU's decoder engines
+    nvdec_sms: int = 4  # SMs the model leaves to NVDEC while NVDEC sessions run (decode.nvdec.leave_sms_to_nvdec)
     num_threads: int = 0  # FFmpeg threads per video; 0: from the load
     decode_buffer_bytes: int = 48 << 20  # shared buffer per decoder process
     chunk_frames: int = 32  # frames per decoded chunk, at most
@@ -280,7 +282,8 @@ class ClaimPace:
         self.model_clips += clips
         self.model_s += seconds
         if self.model_s >= 1.0:
-            self.source.clip_budget = max(START_CLIPS, int(self.model_clips / self.model_s * HELD_SECONDS))
+            self.source.model_rate = self.model_clips / self.model_s
+            self.source.clip_budget = max(START_CLIPS, int(self.source.model_rate * HELD_SECONDS))
             self.source.measured = True
 
 
@@ -309,10 +312,17 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                backbone: Optional[Backbone] = None, cpu_budget: int = 1) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
     one already opened (else the worker opens cfg.ckpt_path)."""
+    plan = plan_decoding(cfg, device, cpu_budget)
+    green = None  # the green context the model runs in (held for the worker's life), leaving SMs to NVDEC
+    if plan.nvdec_sms:
+        green, why = leave_sms_to_nvdec(device, plan.nvdec_sms)
+        if why:
+            plan.nvdec_sms = 0
+            report({"type": "warning", "video": None, "msg": f"the model runs on every SM, NVDEC beside it slower "
+                                                             f"(no green context: {why})"})
     if backbone is None:  # a spawned worker opens the checkpoint itself
         backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
     maker = InputMaker(device, backbone.preprocessing, DTYPES[cfg.dtype], cfg.compile)
-    plan = plan_decoding(cfg, device, cpu_budget)
     # The decoder processes start now and fill their buffers while the model compiles;
     # NVDEC sessions, which run compiled conversions in this process, once it has.
     source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,
@@ -381,7 +391,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     try:
         while True:
             t_wait = time.perf_counter()
-            event = source.queue.get()
+            event = source.get()
             if pace.t0:
                 pace.waited_s += time.perf_counter() - t_wait
             kind, job = event[0], event[1]

@@ -245,6 +245,75 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
     assert source.clips_held == 5000 - 20 * 64 - 100 and pace.total == 20 * 64
 
 
+def test_a_worker_is_short_of_frames_until_they_make_a_quarter_second_of_its_models_work():
+    """Once the model's rate is known, a worker claims videos for its free decoders while the
+    frames queued for its main thread make fewer clips than the model runs in QUEUED_SECONDS
+    (a clip takes min(stride, 16) new frames). A count of chunks, as before, said plenty at
+    720p stride 16 when 8 of NVDEC's 32-frame chunks (16 clips, 1/25 s of the model) were
+    queued, and decoders stood idle. Before the rate is known, chunks are still counted."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.source import QUEUED_SECONDS, FrameSource
+
+    def source(stride, rate):
+        return SimpleNamespace(queue=queue.Queue(), held_lock=threading.Lock(), frames_queued=0, model_rate=rate,
+                               stride=stride, clip_len=16, cpu=[None] * 15)
+
+    def fill(s, chunks, frames=32):
+        for _ in range(chunks):
+            FrameSource.put(s, ("frames", None, np.arange(frames), None))
+
+    hacs = source(16, 400.0)
+    plenty = QUEUED_SECONDS * 400 * 16  # frames
+    chunks = -int(-plenty // 32)  # the fewest 32-frame chunks that are plenty
+    fill(hacs, chunks - 1)
+    FrameSource.put(hacs, ("open", None))  # other events do not count
+    assert hacs.frames_queued == (chunks - 1) * 32 and FrameSource._short_of_frames(hacs)
+    fill(hacs, 1)
+    assert not FrameSource._short_of_frames(hacs)
+    while not hacs.queue.empty():
+        FrameSource.get(hacs)
+    assert hacs.frames_queued == 0 and FrameSource._short_of_frames(hacs)
+
+    charades = source(4, 400.0)  # 4 new frames a clip: a quarter of hacs' frames is plenty
+    fill(charades, int(QUEUED_SECONDS * 400 * 4 // 32) + 1)
+    assert not FrameSource._short_of_frames(charades)
+
+    starting = source(16, 0.0)  # before the rate is known: more chunks than half the processes
+    fill(starting, 7, frames=2)
+    assert FrameSource._short_of_frames(starting)
+    fill(starting, 1, frames=2)
+    assert not FrameSource._short_of_frames(starting)
+
+
+def test_claims_wait_for_videos_still_starting_only_until_the_models_rate_is_known():
+    """Before the model has run (one claim at a time, and at most STARTING videos without
+    frames) a late worker holds little; after, a worker short of frames claims one video for
+    each free decoder at once (NVDEC sessions freed together waited for each other's first
+    frames: 'claims not started yet' was a third of their idle time, H100 2026-11-27)."""
+    import threading
+    from types import SimpleNamespace
+
+    from extractor.decode.plan import DecodePlan
+    from extractor.decode.source import STARTING, FrameSource
+    from extractor.pipeline import VideoJob
+
+    def source(measured):
+        return SimpleNamespace(exhausted=False, _short_of_frames=lambda: True, clips_held=0, clip_budget=10 ** 6,
+                               starting=[], measured=measured, plan=DecodePlan(4, 14), cpu=[None] * 4,
+                               sessions=[None] * 14, next_vid=0, claim_video=lambda: (Path("v.mp4"), None, 99.0),
+                               new_job=VideoJob, held_lock=threading.Lock(), refused="")
+
+    before = source(measured=False)
+    assert FrameSource._claim(before) is not None and FrameSource._claim(before) is None
+    assert before.refused == "claims not started yet"
+    after = source(measured=True)
+    claimed = [FrameSource._claim(after) for _ in range(3 * STARTING)]
+    assert all(job is not None for job in claimed) and len(after.starting) == 3 * STARTING
+
+
 def test_a_segment_of_a_matroska_file_does_not_count_its_packets_again(encoded, monkeypatch):
     """Matroska has no frame count, so opening one counts its packets; a segment's reader is
     given the count the worker already has instead of scanning the file once per segment."""

@@ -91,6 +91,42 @@ def nvdec_cannot(info: VideoInfo) -> str:
     return ""
 
 
+# Green contexts take SMs in groups (8 on Hopper, fewer on older GPUs): a multiple of 8 suits all.
+GREEN_SM_STEP = 8
+
+
+def green_stream(device: torch.device, sms: int):
+    """(green context, stream): a stream whose kernels run on `sms` of the GPU's SMs only
+    (a CUDA green context, torch.cuda.green_contexts; keep the context while the stream is
+    in use)."""
+    from torch.cuda.green_contexts import GreenContext
+
+    try:
+        ctx = GreenContext.create(num_sms=sms, device_id=device.index or 0)
+    except TypeError:  # torch releases whose create takes positional arguments only
+        ctx = GreenContext.create(sms, device.index or 0)
+    return ctx, ctx.Stream()
+
+
+def leave_sms_to_nvdec(device: torch.device, leave: int):
+    """Runs this thread's CUDA work (the worker's main thread: the model) on all but about
+    `leave` of the GPU's SMs, through a green context, and returns (context, '') or (None,
+    why not). Beside matrix products on every SM, 14 NVDEC sessions decoded 2,475 frames/s
+    instead of 6,792; beside the same on 128 of the H100's 132 SMs, 5,387, the products
+    losing 6% (bench/nvdec_load.py, 2026-11-27). PyNvVideoCodec's per-frame GPU work (on a
+    stream of the highest priority, or the default one, alike) waits for free SMs."""
+    try:
+        total = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = (total - leave) // GREEN_SM_STEP * GREEN_SM_STEP
+        if sms < GREEN_SM_STEP:
+            return None, f"{total} SMs are too few to leave {leave}"
+        ctx, stream = green_stream(device, sms)
+    except Exception as e:  # an older torch or driver
+        return None, first_line(e)
+    torch.cuda.set_stream(stream)
+    return ctx, ""
+
+
 _CREATE_LOCK = threading.Lock()  # decoder sessions are created and destroyed one at a time
 
 

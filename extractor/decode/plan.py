@@ -25,6 +25,7 @@ class DecodePlan:
     """How a worker decodes: chosen from the machine by `plan_decoding`, or by flags."""
     cpu_decoders: int  # decoder processes
     nvdec_sessions: int  # NVDEC sessions (threads of the worker), 0 without NVDEC
+    nvdec_sms: int = 0  # SMs the model leaves to NVDEC (nvdec.leave_sms_to_nvdec), 0: none
     reader: str = "pyav"  # what the processes decode with: "pyav" or "decord"
     cpu_threads: int = 0  # FFmpeg threads per video; 0: from the load (more when fewer videos are open)
     cpu_budget: int = 1  # cores the worker's decoders share
@@ -38,6 +39,7 @@ class DecodePlan:
         threads = self.cpu_threads or "auto"
         cpu = f"{self.cpu_decoders} CPU decoder processes ({self.reader}, threads {threads})"
         nvdec = f" + {self.nvdec_sessions} NVDEC sessions" if self.nvdec_sessions else ""
+        nvdec += f" (the model leaves them {self.nvdec_sms} SMs)" if self.nvdec_sessions and self.nvdec_sms else ""
         split = f", segments of {self.split_frames()} frames ({self.split_frames(tail=True)} at the end of the queue)"
         return cpu + nvdec + (split if self.split_frames() else "")
 
@@ -51,15 +53,18 @@ class DecodePlan:
 
 def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
     """How many decoder processes and NVDEC sessions a worker runs, from the machine:
-    processes = the cores this worker's share of the node minus one (for the worker's own
-    thread, which feeds the GPU; decoders run at a lower priority); NVDEC sessions = 2 per
-    decoder engine of the GPU (H100/H200: 7, A100: 5; decode.nvdec.NVDEC_ENGINES), when
-    PyNvVideoCodec is installed. `gpu_name` lets the coordinator plan without CUDA."""
+    NVDEC sessions = 2 per decoder engine of the GPU (H100/H200: 7, A100: 5;
+    decode.nvdec.NVDEC_ENGINES), when PyNvVideoCodec is installed; processes = the cores of
+    this worker's share of the node minus one (for the worker's own thread, which feeds the
+    GPU; decoders run at a lower priority), or half the cores beside NVDEC sessions, whose
+    threads need cores too (with 14 sessions on the 16-core H100 machine, 4 to 10 processes
+    decoded more than 15: OPTIMIZATION_SUMMARY.md, 2026-11-27). `gpu_name` lets the
+    coordinator plan without CUDA."""
     sessions = 0
     if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
         sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
-    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget - 1))
-    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, reader="decord" if cfg.decoder == "decord" else "pyav",
-                      cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
+    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget // 2 if sessions else cpu_budget - 1))
+    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, nvdec_sms=cfg.nvdec_sms if sessions else 0,
+                      reader="decord" if cfg.decoder == "decord" else "pyav", cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
                       chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions),
                       segment_frames=cfg.segment_frames)

@@ -35,7 +35,12 @@ from .nvdec import SPENT, nvdec_cannot
 from .plan import DecodePlan
 from .processes import CpuDecoder, HostChunk
 
-STARTING = 4  # videos a worker may have claimed and not yet seen frames of
+STARTING = 4  # before the model's rate is known: videos claimed and not yet seen frames of
+# The main thread is short of frames while those queued for it make fewer clips than the
+# model runs in QUEUED_SECONDS. A worker claims no video for a free decoder otherwise.
+# (A count of chunks, as before 2026-11-27, held hacs-like 720p decoders idle: NVDEC's
+# chunks are 2 clips of work there, and the worker's whole queue is about 0.2 s of it.)
+QUEUED_SECONDS = 0.25
 # Clips a worker holds (opened, not yet run by the model): at most its model's rate times
 # HELD_SECONDS, or START_CLIPS before the rate is known. With the queue longest first,
 # workers that top their holdings up to the same horizon run out of work together.
@@ -62,6 +67,8 @@ class FrameSource:
         # taken off by the main thread as it runs them (pipeline.ClaimPace), which also sets
         # the budget from the model's rate.
         self.clips_held = 0
+        self.model_rate = 0.0  # the model's clips per second of its GPU time, once measured (ClaimPace)
+        self.frames_queued = 0  # frames in "frames" events on `queue`
         self.frames_by_decoder = {"cpu": 0, "nvdec": 0}  # frames delivered, for the worker's summary
         self.probes = {"count": 0, "total_s": 0.0, "longest_s": 0.0}  # the prober's answers, claim to answer
         # Session-seconds NVDEC sessions were idle, by why no video was claimed for them
@@ -139,7 +146,18 @@ class FrameSource:
     # ----------------------------------------------------------------- NVDEC sessions' side
 
     def put(self, event):
+        if event[0] == "frames":
+            with self.held_lock:
+                self.frames_queued += len(event[2])
         self.queue.put(event)
+
+    def get(self):
+        """The main thread's next event."""
+        event = self.queue.get()
+        if event[0] == "frames":
+            with self.held_lock:
+                self.frames_queued -= len(event[2])
+        return event
 
     def session_free(self, session):
         with self.session_lock:
@@ -244,18 +262,22 @@ class FrameSource:
                 and all(d.job is None for d in self.cpu))
 
     def _short_of_frames(self) -> bool:
-        """Whether the main thread is short of chunks (then the GPU waits for frames)."""
-        return self.queue.qsize() <= max(1, len(self.cpu) // 2)
+        """Whether the main thread is short of frames (then the GPU waits for them soon): the
+        frames queued make fewer clips than the model runs in QUEUED_SECONDS; before the
+        model's rate is known, fewer chunks are queued than half the decoder processes."""
+        if not self.model_rate:
+            return self.queue.qsize() <= max(1, len(self.cpu) // 2)
+        return self.frames_queued < QUEUED_SECONDS * self.model_rate * min(self.stride, self.clip_len)
 
     def _claim(self):
         """The next video from the worker's share of the queue, or None: when there is none,
-        and also while the main thread has chunks enough (the GPU is the bound: more videos
-        would only wait here, held from the other GPUs) or STARTING videos claimed less than a
-        second ago have not delivered their first frames yet (they may be all that was
-        missing). So a worker holds about as many videos as it takes to feed its GPU, not
-        one per decoder (at start-up, before its model is ready, a few); and never more
-        clips than `clip_budget`, so that at the end of the queue no GPU is left holding
-        much more work than the others."""
+        and also while the main thread has frames enough (the GPU is the bound: more videos
+        would only wait here, held from the other GPUs), or, before the model's rate is known,
+        while STARTING videos claimed less than a second ago have not delivered their first
+        frames yet (they may be all that was missing). So a worker holds about as many videos
+        as it takes to feed its GPU, not one per decoder (at start-up, before its model is
+        ready, a few); and never more clips than `clip_budget`, so that at the end of the
+        queue no GPU is left holding much more work than the others."""
         self.refused = "no videos left" if self.exhausted else "frames enough queued" \
             if not self._short_of_frames() else "clips held at the budget" if self.clips_held >= self.clip_budget else ""
         if self.refused:
@@ -263,7 +285,7 @@ class FrameSource:
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
         unopened = sum(job.info is None for job in self.starting)
-        if len(self.starting) >= STARTING or (unopened and not self.measured):
+        if not self.measured and (len(self.starting) >= STARTING or unopened):
             self.refused = "claims not started yet"
             return None  # (before the model runs, one claim at a time: a worker that starts late holds little)
         claimed = self.claim_video()
@@ -375,7 +397,7 @@ class FrameSource:
                 indices = msg[3]
                 d.held += 1
                 self.delivered(job, len(indices), "cpu")
-                self.queue.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
+                self.put(("frames", job, indices, HostChunk(self, d, msg[2], len(indices), job.info, msg[4])))
             elif kind == "note":
                 video = job.root or job
                 video.decoder_note = "; ".join(filter(None, [video.decoder_note, msg[2]]))
