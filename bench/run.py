@@ -27,6 +27,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             closed and open GOPs (bench/nvdec_frames.py)
   nvdec_calls  PyNvVideoCodec call by call: time, GIL held (alone and with the GPU busy), and
             NVDEC's CPU cost per frame (bench/nvdec_calls.py)
+  nvdec_load  NVDEC's rate with the GPU idle and beside matrix products: on a side stream, and
+            on 128, 120 and 112 SMs (green contexts; bench/nvdec_load.py)
   decoder_memory  what a CPU decoder process adds to a worker's memory at 720p (bench/decoder_memory.py;
             runs on the CPU too)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
@@ -381,6 +383,10 @@ def main():
             r["fidelity"] = stage_fidelity(kind, videos, work, ckpt, a.quick, a.logs, a.fidelity_features)
         if "original" in stages:
             r["original"] = stage_original(kind, videos, ckpt, dev)
+        if "nvdec_load" in stages:
+            from nvdec_load import run_nvdec_load
+
+            r["nvdec_load"] = run_nvdec_load(videos, say)
     table(results)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1, default=str))
