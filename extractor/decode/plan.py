@@ -63,8 +63,9 @@ def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_n
     sessions = 0
     if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
         sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
-    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cpu_budget // 2 if sessions else cpu_budget - 1))
+    cores = cpu_budget // 2 if sessions else cpu_budget - 1
+    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cores))
     return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, nvdec_sms=cfg.nvdec_sms if sessions else 0,
-                      reader="decord" if cfg.decoder == "decord" else "pyav", cpu_threads=cfg.num_threads, cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes,
-                      chunk_frames=cfg.chunk_frames, cpu_claims=not (cfg.decoder == "nvdec" and sessions),
-                      segment_frames=cfg.segment_frames)
+                      reader="decord" if cfg.decoder == "decord" else "pyav", cpu_threads=cfg.num_threads,
+                      cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes, chunk_frames=cfg.chunk_frames,
+                      cpu_claims=not (cfg.decoder == "nvdec" and sessions), segment_frames=cfg.segment_frames)
