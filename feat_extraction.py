@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder processes per worker (default: the cores of the worker's share of the node, minus "
                         "one; half its cores beside NVDEC sessions)")
     r.add_argument("--nvdec_sessions", type=positive_int, default=None,
-                   help="NVDEC sessions per worker (default: 2 per decoder engine of the GPU)")
+                   help="NVDEC sessions per worker (default: 3 per 2 decoder engines of the GPU, 10 on an H100)")
     r.add_argument("--nvdec_sms", type=count_or_zero, default=4,
                    help="SMs the model leaves free while NVDEC sessions run: NVDEC's per-frame GPU work waits for a "
                         "free SM, so beside a model on every SM it decodes at less than half its rate (a CUDA green "

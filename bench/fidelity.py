@@ -101,7 +101,7 @@ def nvdec(videos: list[Path], ref: Path) -> dict:
             decoder.reconfigure_decoder(str(path))
         decoded = decoder.get_batch_frames(len(want))
         with torch.cuda.stream(stream):
-            batch = nv12_batch(decoded)
+            batch = nv12_batch(decoded, stream.cuda_stream)  # the exchange the sessions make
             h, w = want.shape[1:3]
             yy, uu, vv = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
             rgb = yuv420_to_rgb(yy[:, :h, :w], uu[:, :(h + 1) // 2, :(w + 1) // 2], vv[:, :(h + 1) // 2, :(w + 1) // 2],

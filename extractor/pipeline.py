@@ -20,7 +20,7 @@ from .decode.common import FrameIndex, VideoInfo
 from .decode.processes import process_pss_bytes
 from .decode.nvdec import leave_sms_to_nvdec
 from .decode.plan import plan_decoding
-from .decode.source import HELD_SECONDS, START_CLIPS, FrameSource
+from .decode.source import FrameSource
 from .datasets import feature_relpath, video_name
 from .outputs import save_features
 from .video import COMPILED_CALLS, ClipAssembler, InputMaker
@@ -233,6 +233,15 @@ class Engine:
                              "msg": f"CUDA out of memory: batch halved to {self.batch} clips"})
         return handles
 
+    def measure_rate(self, batches: int = 3) -> float:
+        """Clips per second of the device's time, from `batches` full batches of random clips
+        (run before the worker takes frames, so that its first claims know how many frames
+        keep the model busy)."""
+        clips = list(torch.rand(self.batch, *self.clip_shape, device=self.device).to(self.dtype))
+        handles = [self.submit(clips) for _ in range(batches)]
+        seconds = sum(self.result(h)[1] for h in handles)
+        return batches * len(clips) / max(seconds, 1e-9)
+
     @staticmethod
     def finished(handles: list) -> bool:
         """Whether the device has finished the batches of `handles` (result will not wait)."""
@@ -282,9 +291,7 @@ class ClaimPace:
         self.model_clips += clips
         self.model_s += seconds
         if self.model_s >= 1.0:
-            self.source.model_rate = self.model_clips / self.model_s
-            self.source.clip_budget = max(START_CLIPS, int(self.source.model_rate * HELD_SECONDS))
-            self.source.measured = True
+            self.source.know_model_rate(self.model_clips / self.model_s)
 
 
 class MemoryWatch(threading.Thread):
@@ -334,6 +341,8 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             from .decode.color import YuvToRgb
 
             maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])
+            if engine.cuda:  # (uncompiled or on the CPU, the first second of real batches measures it)
+                source.know_model_rate(engine.measure_rate())
         source.start_sessions()
         report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
         saver = Saver(cfg, report)

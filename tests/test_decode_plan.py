@@ -23,11 +23,14 @@ def with_nvdec(monkeypatch):
 
 
 def test_beside_nvdec_sessions_a_worker_runs_a_decoder_process_for_every_two_cores(with_nvdec):
-    """16 cores, an H100: 14 NVDEC sessions and 8 processes (15 without NVDEC, and on the
-    CPU); the model leaves NVDEC 4 SMs; flags override each."""
+    """16 cores, an H100: 10 NVDEC sessions (3 per 2 of its 7 engines; an A100's 5 make 7)
+    and 8 processes (15 without NVDEC, and on the CPU); the model leaves NVDEC 4 SMs; flags
+    override each."""
     gpu = torch.device("cuda", 0)
     both = plan.plan_decoding(config(), gpu, 16, H100)
-    assert (both.cpu_decoders, both.nvdec_sessions, both.nvdec_sms) == (8, 14, 4)
+    assert (both.cpu_decoders, both.nvdec_sessions, both.nvdec_sms) == (8, 10, 4)
+    assert plan.plan_decoding(config(), gpu, 16, "NVIDIA A100-SXM4-80GB").nvdec_sessions == 7
+    assert plan.plan_decoding(config(), gpu, 16, "Tesla V100-SXM2-32GB").nvdec_sessions == 1
     assert "8 CPU decoder processes" in both.describe() and "the model leaves them 4 SMs" in both.describe()
     cpu_only = plan.plan_decoding(config(decoder="cpu"), gpu, 16, H100)
     assert (cpu_only.cpu_decoders, cpu_only.nvdec_sessions, cpu_only.nvdec_sms) == (15, 0, 0)

@@ -224,10 +224,11 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
     then its rate (clips per second of model time, however long it waited for frames)
     times HELD_SECONDS; the count of clips held goes down with launches and drops."""
     from extractor import pipeline
-    from extractor.decode.source import HELD_SECONDS, START_CLIPS
+    from extractor.decode.source import HELD_SECONDS, START_CLIPS, FrameSource
 
     class Source:
-        clips_held, clip_budget, measured = 0, START_CLIPS, False
+        clips_held, clip_budget, measured, model_rate = 0, START_CLIPS, False, 0.0
+        know_model_rate = FrameSource.know_model_rate
 
         def hold(self, clips):
             self.clips_held += clips
@@ -259,7 +260,7 @@ def test_a_worker_is_short_of_frames_until_they_make_a_quarter_second_of_its_mod
 
     def source(stride, rate):
         return SimpleNamespace(queue=queue.Queue(), held_lock=threading.Lock(), frames_queued=0, model_rate=rate,
-                               stride=stride, clip_len=16, cpu=[None] * 15)
+                               stride=stride, clip_len=16, cpu=[None] * 15, started=True)
 
     def fill(s, chunks, frames=32):
         for _ in range(chunks):
@@ -286,6 +287,8 @@ def test_a_worker_is_short_of_frames_until_they_make_a_quarter_second_of_its_mod
     assert FrameSource._short_of_frames(starting)
     fill(starting, 1, frames=2)
     assert not FrameSource._short_of_frames(starting)
+    starting.started = False  # before the worker is ready, each free decoder gets a video
+    assert FrameSource._short_of_frames(starting)
 
 
 def test_claims_wait_for_videos_still_starting_only_until_the_models_rate_is_known():
@@ -312,6 +315,57 @@ def test_claims_wait_for_videos_still_starting_only_until_the_models_rate_is_kno
     after = source(measured=True)
     claimed = [FrameSource._claim(after) for _ in range(3 * STARTING)]
     assert all(job is not None for job in claimed) and len(after.starting) == 3 * STARTING
+
+
+def test_while_the_model_compiles_each_nvdec_session_gets_a_probed_video_waiting_in_its_inbox(encoded):
+    """Before the worker is ready, the prober opens a video for each NVDEC session (it waits
+    in the session's inbox until the sessions start) and each decoder process starts one;
+    a session that then cannot start hands its video to the CPU decoders, which decode it
+    whole. (At the start of a hacs-like run, claims one probe at a time were half of the
+    sessions' idle time: H100, 2026-11-27.) Real decoder processes, sessions never started."""
+    import time
+
+    from extractor.decode.plan import DecodePlan
+    from extractor.decode.source import FrameSource
+    from extractor.pipeline import VideoJob
+
+    todo = [encoded / n for n in ("closed.mp4", "vfr.mp4", "rotated.mp4", "closed.mkv")]
+    claims, events = list(todo), []
+    source = FrameSource(DecodePlan(cpu_decoders=1, nvdec_sessions=2, chunk_frames=200), 16, 16, 60.0,
+                         lambda: (claims.pop(0), None, None) if claims else None, events.append,
+                         lambda path: VideoJob(path, path.name), torch_device("cpu"))
+    try:
+        deadline = time.monotonic() + 60
+        while source.free_sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting = [s.inbox.queue[0] for s in source.sessions if not s.inbox.empty()]
+        assert len(waiting) == 2 and all(job.info is not None and job.decoder == "nvdec" for job in waiting)
+        assert all(s.inbox.qsize() == 1 for s in source.sessions)  # one video each, no more
+        assert not source.started and source.idle_sessions == 0
+        broken = source.sessions[0]
+        source.session_broken(broken, "no CUDA here")
+        assert broken not in source.sessions and broken.inbox.empty()
+        decoded, deadline = set(), time.monotonic() + 60
+        while waiting[0].name not in decoded and time.monotonic() < deadline:
+            if source.queue.empty():
+                time.sleep(0.01)
+                continue
+            event = source.get()
+            assert event[0] in ("open", "frames", "decoded"), event
+            if event[0] == "frames":
+                event[3].discard()
+            elif event[0] == "decoded":
+                decoded.add(event[1].name)
+        assert waiting[0].frames_done == len(waiting[0].needed) and waiting[1].name not in decoded
+        assert any("could not start" in e.get("msg", "") for e in events)
+    finally:
+        source.close()
+
+
+def torch_device(kind):
+    import torch
+
+    return torch.device(kind)
 
 
 def test_a_segment_of_a_matroska_file_does_not_count_its_packets_again(encoded, monkeypatch):
@@ -480,7 +534,8 @@ def nvdec_feeding_source(free_sessions, backlog, cpu_decoders, short_of_frames):
 
     return SimpleNamespace(prober=SimpleNamespace(job=None), session_lock=threading.Lock(), free_sessions=free_sessions,
                            probing=[], backlog=backlog, cpu=[None] * cpu_decoders, nvdec_idle={}, idle_sessions=0,
-                           idle_why="", t_idle=0.0, refused="", _claim=lambda: None, _short_of_frames=short_of_frames)
+                           idle_why="", t_idle=0.0, refused="", _claim=lambda: None, _short_of_frames=short_of_frames,
+                           started=True)
 
 
 def test_idle_nvdec_sessions_are_counted_by_why_no_video_was_claimed(monkeypatch):
@@ -530,6 +585,42 @@ def test_segments_nvdec_may_take_are_not_counted_as_videos_it_declined():
     segment, declined = SimpleNamespace(for_nvdec=True), SimpleNamespace(for_nvdec=False)
     assert idle_reason([segment] * 5 + [declined]) == "frames enough queued"
     assert idle_reason([segment, declined, declined]) == "videos NVDEC declined waiting"
+
+
+def test_nvdec_frames_are_exchanged_once_each_with_the_stream_or_through_torch_when_they_take_no_stream():
+    """nv12_batch: with a stream, each frame's DLPack exchange is one __dlpack__(stream=...)
+    call (torch.from_dlpack first tries keywords PyNvVideoCodec rejects, and catches the
+    errors: the largest holder of the worker's GIL); frames whose exchange takes no stream
+    go through torch.from_dlpack. Same batch either way."""
+    import torch
+
+    from extractor.decode.nvdec import nv12_batch
+
+    planes = [torch.full((6, 4, 1), i, dtype=torch.uint8) for i in range(3)]
+    asked = []
+
+    class Frame:  # PyNvVideoCodec's frames: __dlpack__(stream) only, and (rows, width, 1)
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, stream=None):
+            asked.append(stream)
+            return self.t.__dlpack__()
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    class Positional(Frame):  # an exchange that takes no keywords
+        def __dlpack__(self, *args):
+            if args:
+                raise TypeError("no stream here")
+            asked.append("torch")
+            return self.t.__dlpack__()
+
+    want = torch.stack([p.squeeze(-1) for p in planes])
+    assert torch.equal(nv12_batch([Frame(p) for p in planes], 7), want) and asked == [7, 7, 7]
+    asked.clear()
+    assert torch.equal(nv12_batch([Positional(p) for p in planes], 7), want) and asked == ["torch"] * 3
 
 
 def test_timed_batches_pass_through_and_count_the_decoders_time(encoded):
@@ -590,7 +681,7 @@ def test_an_nvdec_session_delivers_a_whole_video_and_accounts_for_its_time(monke
                              nvdec_stopped=lambda job, delivered, reason: events.append(("stopped", reason)))
     maker = SimpleNamespace(from_nv12=lambda batch, info: batch.float())
     session = nvdec.NvdecSession(0, torch.device("cpu"), source, DecodePlan(1, 1, chunk_frames=8), maker)
-    session.stream = None
+    session.stream, session.stream_ptr = None, None
     monkeypatch.setattr(session, "_open", lambda job, seeking: setattr(session, "decoder", Decoder(30)))
     job = VideoJob(Path("v.mp4"), "v.mp4", info=VideoInfo(30, 30.0, 4, 4), needed=np.arange(0, 28))
     job.t_decode = time_module.perf_counter()
@@ -598,7 +689,7 @@ def test_an_nvdec_session_delivers_a_whole_video_and_accounts_for_its_time(monke
     def main_thread_takes_one_late():  # the session may hold 3 chunks: the 4th waits for this
         while sum(e[0] == "frames" for e in events) < 3:
             time_module.sleep(0.001)
-        time_module.sleep(0.02)
+        time_module.sleep(0.1)  # (the session's first batches, in a fresh process, took up to 12 ms more)
         session.room.release()
 
     taker = threading.Thread(target=main_thread_takes_one_late)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,8 +21,17 @@ from .common import DecodeError, VideoInfo, first_line, where
 NVDEC_ENGINES = (("H200", 7), ("H100", 7), ("H800", 7), ("GH200", 7), ("B200", 7), ("A100", 5), ("A800", 5),
                  ("A30", 4), ("L40", 3), ("L4", 4), ("A40", 2), ("A10", 2), ("A16", 4), ("A2", 1),
                  ("RTX 6000 Ada", 3), ("RTX 4090", 2), ("RTX 4080", 2), ("T4", 2), ("V100", 1))
-# Measured on the H100 (issue 10's table, 2026-11-24): 7 sessions 3,905 frames/s, 14 sessions 4,604.
-SESSIONS_PER_ENGINE = 2
+# Sessions per engine, as a fraction: 3/2, 10 on an H100 (7 engines). Decoding alone, more
+# sessions decode more (7: 3,905 frames/s, 14: 4,604; H100, 2026-11-24), but beside the model
+# their threads take the cores and GIL that the decoder processes and the thread feeding the
+# GPU need: at 720p stride 16, 10 sessions gave 354.6-360.1 clips/s end to end against
+# 321.9-349.9 for 14 (two calls, 2026-11-27 18:15-18:42 UTC).
+SESSIONS_PER_ENGINE = (3, 2)
+
+
+def sessions_for(engines: int) -> int:
+    per, of = SESSIONS_PER_ENGINE
+    return max(1, engines * per // of)
 
 
 def engines_of(gpu_name: str) -> int:
@@ -142,18 +152,29 @@ def current_context_handle(device: torch.device) -> int:
     return ctx.value
 
 
-def _surface(frame) -> torch.Tensor:
-    """One decoded NV12 frame as a (rows, width) tensor over its surface (DLPack)."""
-    t = torch.from_dlpack(frame)
+def _plane(t: torch.Tensor) -> torch.Tensor:
+    """A decoded NV12 frame's tensor as (rows, width)."""
     return t.squeeze(-1) if t.dim() == 3 and t.shape[-1] == 1 else t
 
 
-def nv12_batch(frames) -> torch.Tensor:
+def nv12_batch(frames, stream_ptr: Optional[int] = None) -> torch.Tensor:
     """The decoder's frames as one contiguous (n, rows, width) uint8 tensor, copied on the
-    current stream; each frame's DLPack exchange orders that stream after the decoder's
-    work. (Views over several frames' surfaces at once, built from their addresses, failed
-    with "invalid argument" on 480p videos and were no faster at 720p: H100, 2026-11-26.)"""
-    return torch.stack([_surface(f) for f in frames])
+    current stream. Each frame's DLPack exchange orders the stream `stream_ptr` (the current
+    one, as an integer) after the decoder's work; with it, the exchange is one call per frame,
+    not torch.from_dlpack's, which first tries keywords PyNvVideoCodec does not take and
+    catches the errors: 11% of the worker's GIL time, the largest share (py-spy, H100,
+    2026-11-27). Without it, or where the frames' exchange takes no `stream`, torch.from_dlpack.
+    (Views over several frames' surfaces at once, built from their addresses, failed with
+    "invalid argument" on 480p videos and were no faster at 720p: H100, 2026-11-26.)"""
+    views = None
+    if stream_ptr is not None:
+        try:
+            views = [torch._C._from_dlpack(f.__dlpack__(stream=stream_ptr)) for f in frames]
+        except (TypeError, AttributeError):
+            views = None
+    if views is None:
+        views = [torch.from_dlpack(f) for f in frames]
+    return torch.stack([_plane(v) for v in views])
 
 
 class DeviceChunk:
@@ -288,6 +309,7 @@ class NvdecSession(threading.Thread):
             # High priority: a batch's conversion is a few small kernels that the session waits
             # for before it decodes on, and behind the model's they waited (H100, 2026-11-27).
             self.stream = torch.cuda.Stream(self.device, priority=-1)
+            self.stream_ptr = self.stream.cuda_stream or 1  # (DLPack's number for the legacy default stream)
             self.context = current_context_handle(self.device)
         except Exception as e:
             self.source.session_broken(self, first_line(e))
@@ -328,7 +350,7 @@ class NvdecSession(threading.Thread):
 
     def decode(self, job):
         video, info, needed, chunk, spent = job.video, job.info, job.needed, self.plan.chunk_frames, self.spent
-        t0 = time.perf_counter()
+        t0 = job.t_decode = time.perf_counter()
         try:
             self._open(job, seeking=job.root is not None)
         except Exception as e:
@@ -357,7 +379,7 @@ class NvdecSession(threading.Thread):
                     continue
                 t0 = time.perf_counter()
                 with torch.cuda.stream(self.stream), torch.inference_mode():
-                    batch = nv12_batch(frames)
+                    batch = nv12_batch(frames, self.stream_ptr)
                     if not keep.all():
                         batch = batch[torch.from_numpy(np.flatnonzero(keep)).to(self.device)]
                     x = self.maker.from_nv12(batch, info)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .nvdec import SESSIONS_PER_ENGINE, engines_of, nvdec_available
+from .nvdec import engines_of, nvdec_available, sessions_for
 
 if TYPE_CHECKING:
     from ..pipeline import RunConfig
@@ -53,16 +53,17 @@ class DecodePlan:
 
 def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
     """How many decoder processes and NVDEC sessions a worker runs, from the machine:
-    NVDEC sessions = 2 per decoder engine of the GPU (H100/H200: 7, A100: 5;
-    decode.nvdec.NVDEC_ENGINES), when PyNvVideoCodec is installed; processes = the cores of
-    this worker's share of the node minus one (for the worker's own thread, which feeds the
-    GPU; decoders run at a lower priority), or half the cores beside NVDEC sessions, whose
-    threads need cores too (with 14 sessions on the 16-core H100 machine, 4 to 10 processes
-    decoded more than 15: OPTIMIZATION_SUMMARY.md, 2026-11-27). `gpu_name` lets the
+    NVDEC sessions = 3 per 2 decoder engines of the GPU (H100/H200: 7 engines, 10 sessions;
+    A100: 5, 7; decode.nvdec.NVDEC_ENGINES, SESSIONS_PER_ENGINE), when PyNvVideoCodec is
+    installed; processes = the cores of this worker's share of the node minus one (for the
+    worker's own thread, which feeds the GPU; decoders run at a lower priority), or half the
+    cores beside NVDEC sessions, whose threads need cores too (with 14 sessions on the
+    16-core H100 machine, 4 to 10 processes decoded more than 15: OPTIMIZATION_SUMMARY.md,
+    2026-11-27). `gpu_name` lets the
     coordinator plan without CUDA."""
     sessions = 0
     if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
-        sessions = cfg.nvdec_sessions or SESSIONS_PER_ENGINE * engines_of(gpu_name or torch.cuda.get_device_name(device))
+        sessions = cfg.nvdec_sessions or sessions_for(engines_of(gpu_name or torch.cuda.get_device_name(device)))
     cores = cpu_budget // 2 if sessions else cpu_budget - 1
     cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cores))
     return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, nvdec_sms=cfg.nvdec_sms if sessions else 0,

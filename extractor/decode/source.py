@@ -88,7 +88,6 @@ class FrameSource:
         self.prober: Optional[CpuDecoder] = None
         self.probing: list = []  # jobs waiting for, or in, the prober
         self.sessions: list = []
-        self.free_sessions: list = []
         self.session_lock = threading.Lock()
         if plan.nvdec_sessions:
             from .nvdec import NvdecSession
@@ -96,6 +95,10 @@ class FrameSource:
             self.prober = self._start_decoder(-1)
             self.sessions = [NvdecSession(i, device, self, plan, maker) for i in range(plan.nvdec_sessions)]
         self.all_sessions = list(self.sessions)  # (a broken one leaves `sessions`)
+        # Free from the start: while the model compiles, the prober already opens a video for
+        # each session, which waits in its inbox until the sessions start (start_sessions).
+        self.free_sessions: list = list(self.sessions)
+        self.started = False  # whether the worker is ready: its main thread takes frames, its sessions run
         self.returns: queue.Queue = queue.Queue()
         self.returner = threading.Thread(target=self._give_back_loop, daemon=True, name="give-back")
         self.returner.start()
@@ -105,12 +108,20 @@ class FrameSource:
     # ----------------------------------------------------------------- the main thread's side
 
     def start_sessions(self):
-        """NVDEC sessions start taking videos (their conversions must be compiled first)."""
+        """The worker is ready: NVDEC sessions start on the videos already waiting for them
+        (their conversions must be compiled first), and claims follow the main thread's need."""
         with self.session_lock:
             for s in self.sessions:
                 s.start()
-            self.free_sessions = list(self.sessions)
+        self.started = True
         self._wake()
+
+    def know_model_rate(self, clips_per_s: float):
+        """The model's rate (clips per second of its GPU time), measured: claims follow the
+        frames the main thread has queued against it, and the clip budget is HELD_SECONDS of it."""
+        self.model_rate = clips_per_s
+        self.clip_budget = max(START_CLIPS, int(clips_per_s * HELD_SECONDS))
+        self.measured = True
 
     def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
         """Hands a chunk's buffer space back to its decoder once `copied` (the GPU copy out of
@@ -166,12 +177,17 @@ class FrameSource:
 
     def session_broken(self, session, reason: str):
         """An NVDEC session that cannot run at all leaves the set (the others, and the
-        CPU decoders, carry on)."""
+        CPU decoders, carry on); the CPU decoders take the jobs waiting in its inbox."""
         with self.session_lock:
             self.sessions.remove(session)
             if session in self.free_sessions:
                 self.free_sessions.remove(session)
+            waiting = []
+            while not session.inbox.empty():
+                waiting.append(session.inbox.get_nowait())
         self.report({"type": "warning", "video": None, "msg": f"an NVDEC session could not start ({reason})"})
+        for job in filter(None, waiting):
+            self.nvdec_stopped(job, -1, f"its NVDEC session could not start ({reason})")
         self._wake()
 
     def delivered(self, job, frames: int, by: str):
@@ -264,7 +280,11 @@ class FrameSource:
     def _short_of_frames(self) -> bool:
         """Whether the main thread is short of frames (then the GPU waits for them soon): the
         frames queued make fewer clips than the model runs in QUEUED_SECONDS; before the
-        model's rate is known, fewer chunks are queued than half the decoder processes."""
+        model's rate is known, fewer chunks are queued than half the decoder processes. Before
+        the worker is ready, always: each decoder gets a video to start on while the model
+        compiles (the decoder processes stop when their buffers are full)."""
+        if not self.started:
+            return True
         if not self.model_rate:
             return self.queue.qsize() <= max(1, len(self.cpu) // 2)
         return self.frames_queued < QUEUED_SECONDS * self.model_rate * min(self.stride, self.clip_len)
@@ -353,8 +373,8 @@ class FrameSource:
             self.prober.send(("probe", job.vid, str(job.path), job.segment_frames))
         if self.prober is not None:
             self.prober.job = self.probing[0] if self.probing else None
-        with self.session_lock:  # sessions now idle that no video is being probed for, and why
-            self.idle_sessions = max(0, len(self.free_sessions) - len(self.probing))  # (none free before they start)
+        with self.session_lock:  # sessions now idle that no video is being probed for, and why (once they run)
+            self.idle_sessions = max(0, len(self.free_sessions) - len(self.probing)) if self.started else 0
         self.idle_why, self.t_idle = why or "waiting for the prober", now
 
     def _segments_to_nvdec(self):
@@ -369,7 +389,6 @@ class FrameSource:
                 if job is None:
                     return
                 self.backlog.remove(job)
-                job.t_decode = time.perf_counter()
                 used(job.video, "nvdec")
                 self.free_sessions.pop().inbox.put(job)
 
@@ -479,11 +498,14 @@ class FrameSource:
                 job.decoder_note = f"not for NVDEC: {why}" if why else ""
                 self.backlog.append(job)
                 return
-            session = self.free_sessions.pop()
         self._opened(job, info)
-        job.t_decode = time.perf_counter()
-        used(job, "nvdec")
-        session.inbox.put(job)
+        with self.session_lock:  # (a session that breaks hands its inbox back under this lock)
+            session = self.free_sessions.pop() if self.free_sessions else None
+            if session is not None:
+                used(job, "nvdec")
+                session.inbox.put(job)
+            else:
+                self.backlog.append(job)
 
     def _died(self, d: CpuDecoder):
         """A decoder process ended: the video it held (or was probing) goes back to the
