@@ -59,8 +59,7 @@ def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_n
     worker's own thread, which feeds the GPU; decoders run at a lower priority), or half the
     cores beside NVDEC sessions, whose threads need cores too (with 14 sessions on the
     16-core H100 machine, 4 to 10 processes decoded more than 15: OPTIMIZATION_SUMMARY.md,
-    2026-11-27). `gpu_name` lets the
-    coordinator plan without CUDA."""
+    2026-11-27). `gpu_name` lets the coordinator plan without CUDA."""
     sessions = 0
     if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
         sessions = cfg.nvdec_sessions or sessions_for(engines_of(gpu_name or torch.cuda.get_device_name(device)))
