@@ -150,7 +150,7 @@ def test_videos_claimed_at_the_tail_of_the_queue_are_split_finer():
     assert DecodePlan(5, 0, segment_frames=0).split_frames(tail=True) == 0
     lefts = iter([9.0, 5.0, 4.5, None, 0.0])
     source = SimpleNamespace(exhausted=False, _short_of_frames=lambda: True, clips_held=0, clip_budget=100,
-                             starting=[], measured=True, plan=plan, cpu=[None] * 5, sessions=[], next_vid=0,
+                             starting=[], model_rate=400.0, plan=plan, cpu=[None] * 5, sessions=[], next_vid=0,
                              claim_video=lambda: (Path("v.mp4"), None, next(lefts)), new_job=VideoJob,
                              held_lock=threading.Lock())
     got = []
@@ -227,7 +227,7 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
     from extractor.decode.source import HELD_SECONDS, START_CLIPS, FrameSource
 
     class Source:
-        clips_held, clip_budget, measured, model_rate = 0, START_CLIPS, False, 0.0
+        clips_held, clip_budget, model_rate = 0, START_CLIPS, 0.0
         know_model_rate = FrameSource.know_model_rate
 
         def hold(self, clips):
@@ -240,7 +240,7 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
         pace.launching()
         pace.launched(64)
         pace.ran(64, 0.125)
-        assert source.measured == (i >= 7)
+        assert (source.model_rate > 0) == (i >= 7)
         assert source.clip_budget == (START_CLIPS if i < 7 else 512 * HELD_SECONDS)
     pace.dropped(100)
     assert source.clips_held == 5000 - 20 * 64 - 100 and pace.total == 20 * 64
@@ -305,7 +305,8 @@ def test_claims_wait_for_videos_still_starting_only_until_the_models_rate_is_kno
 
     def source(measured):
         return SimpleNamespace(exhausted=False, _short_of_frames=lambda: True, clips_held=0, clip_budget=10 ** 6,
-                               starting=[], measured=measured, plan=DecodePlan(4, 14), cpu=[None] * 4,
+                               starting=[], model_rate=400.0 if measured else 0.0, plan=DecodePlan(4, 14),
+                               cpu=[None] * 4,
                                sessions=[None] * 14, next_vid=0, claim_video=lambda: (Path("v.mp4"), None, 99.0),
                                new_job=VideoJob, held_lock=threading.Lock(), refused="")
 

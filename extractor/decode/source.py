@@ -67,7 +67,7 @@ class FrameSource:
         # taken off by the main thread as it runs them (pipeline.ClaimPace), which also sets
         # the budget from the model's rate.
         self.clips_held = 0
-        self.model_rate = 0.0  # the model's clips per second of its GPU time, once measured (ClaimPace)
+        self.model_rate = 0.0  # the model's clips per second of its GPU time once measured (know_model_rate), else 0
         self.frames_queued = 0  # frames in "frames" events on `queue`
         self.frames_by_decoder = {"cpu": 0, "nvdec": 0}  # frames delivered, for the worker's summary
         self.probes = {"count": 0, "total_s": 0.0, "longest_s": 0.0}  # the prober's answers, claim to answer
@@ -76,7 +76,6 @@ class FrameSource:
         self.nvdec_idle: dict[str, float] = {}
         self.idle_sessions, self.idle_why, self.t_idle, self.refused = 0, "", 0.0, ""
         self.clip_budget = START_CLIPS
-        self.measured = False  # whether the budget comes from the model's measured rate
         self.held_lock = threading.Lock()
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
@@ -121,7 +120,6 @@ class FrameSource:
         frames the main thread has queued against it, and the clip budget is HELD_SECONDS of it."""
         self.model_rate = clips_per_s
         self.clip_budget = max(START_CLIPS, int(clips_per_s * HELD_SECONDS))
-        self.measured = True
 
     def give_back_after(self, copied: Optional[torch.cuda.Event], decoder: CpuDecoder, offset: int):
         """Hands a chunk's buffer space back to its decoder once `copied` (the GPU copy out of
@@ -305,7 +303,7 @@ class FrameSource:
         now = time.monotonic()
         self.starting = [job for job in self.starting if job.frames_done == 0 and now - job.t_claim < 1.0]
         unopened = sum(job.info is None for job in self.starting)
-        if not self.measured and (len(self.starting) >= STARTING or unopened):
+        if not self.model_rate and (len(self.starting) >= STARTING or unopened):
             self.refused = "claims not started yet"
             return None  # (before the model runs, one claim at a time: a worker that starts late holds little)
         claimed = self.claim_video()
