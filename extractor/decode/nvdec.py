@@ -171,10 +171,8 @@ def nv12_batch(frames, stream_ptr: Optional[int] = None) -> torch.Tensor:
         try:
             views = [torch._C._from_dlpack(f.__dlpack__(stream=stream_ptr)) for f in frames]
         except (TypeError, AttributeError):
-            views = None
-    if views is None:
-        views = [torch.from_dlpack(f) for f in frames]
-    return torch.stack([_plane(v) for v in views])
+            pass
+    return torch.stack([_plane(v) for v in views or [torch.from_dlpack(f) for f in frames]])
 
 
 class DeviceChunk:
