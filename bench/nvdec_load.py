@@ -72,7 +72,7 @@ def measure(videos, sessions, seconds, load_stream):
                 if not frames:
                     break
                 with torch.cuda.stream(stream):
-                    nv12_batch(frames)
+                    nv12_batch(frames, stream.cuda_stream)  # the sessions' exchange
                     done = torch.cuda.Event()
                     done.record(stream)
                 done.synchronize()
