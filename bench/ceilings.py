@@ -55,9 +55,7 @@ def decode_only(videos: list[Path], plan: DecodePlan, stride: int, device: torch
     rate is then that of the window, the decoders' start-up left out. A source that sends
     nothing for `stall_s` ends the ceiling, recorded as failed (it never hangs the bench)."""
     if maker is not None and device.type == "cuda":
-        from extractor.decode.color import YuvToRgb
-
-        maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])  # compiled before the clock starts
+        maker.warm_up()  # compiled before the clock starts
 
     t0 = time.perf_counter()
     source = modelless_source(videos, plan, clip_len, stride, device, maker)

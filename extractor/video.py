@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
-
-import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .clips import clip_frame_indices
-from .decode.yuv import split_nv12, yuv420_to_rgb
+from .decode.color import YuvToRgb
 from .decode.common import VideoInfo, packed_frame_bytes
+from .decode.yuv import conversion_params, yuv420_to_rgb
 
 if TYPE_CHECKING:
     from .backbones import Preprocessing
@@ -45,42 +45,103 @@ def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dty
     return x.to(out_dtype)
 
 
-# torch.compile'd functions are called from one thread at a time: while one thread compiles
-# (FX tracing, a process-wide state), a compiled call in another raises.
-COMPILED_CALLS = threading.RLock()
+def upright(x: torch.Tensor, turns: int) -> torch.Tensor:
+    """Model input (n, 3, h, w) of frames as decoded, turned `turns` quarter turns
+    counterclockwise (FFmpeg's display rotation). Turning the resized frames gives the input
+    of resizing the turned frames (bilinear sampling is symmetric) to float rounding, keeps
+    the rotation out of the compiled conversions, and moves 224 x 224 pixels, not the frame."""
+    return torch.rot90(x, turns, dims=(2, 3)).contiguous() if turns else x
 
 
-def rgb_to_input(rgb: torch.Tensor, turns: int, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
-    """uint8 RGB (n, H, W, 3) as decoded -> model input: turned upright, then `preprocess`."""
-    if turns:
-        rgb = torch.rot90(rgb, turns, dims=(1, 2))
-    return preprocess(rgb, prep, out_dtype)
+def transposed(prep: "Preprocessing", turns: int) -> "Preprocessing":
+    """The preprocessing of frames turned upright after it: the size is the upright one turned back."""
+    if turns % 2 == 0 or prep.size[0] == prep.size[1]:
+        return prep
+    return replace(prep, size=prep.size[::-1])
 
 
-def yuv_to_input(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, colour, turns: int, prep: "Preprocessing",
-                 out_dtype: torch.dtype) -> torch.Tensor:
-    """YUV 4:2:0 planes -> FFmpeg's RGB (decode.color) -> `rgb_to_input`. Compiled on the
-    GPU, the conversion is fused into the resize: only the pixels it samples are converted."""
-    return rgb_to_input(yuv420_to_rgb(y, u, v, colour), turns, prep, out_dtype)
+# The conversions InputMaker compiles. Each takes a whole contiguous buffer and the frame's
+# size, and finds the planes in it itself, so that one graph serves every frame size, plane
+# layout (as views of different strides, planes were variants compiled of their own), colour
+# conversion (given as data: decode.yuv.conversion_params) and rotation (turned after them).
+
+def packed_yuv_to_input(frames: torch.Tensor, h: int, w: int, params: torch.Tensor, prep: "Preprocessing",
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    """(n, frame bytes) uint8, each row a frame's Y, U, V planes -> model input."""
+    n, ch, cw = frames.shape[0], (h + 1) // 2, (w + 1) // 2
+    y = frames[:, :h * w].view(n, h, w)
+    u = frames[:, h * w:h * w + ch * cw].view(n, ch, cw)
+    v = frames[:, h * w + ch * cw:h * w + 2 * ch * cw].view(n, ch, cw)
+    return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype)
+
+
+def nv12_to_input(surfaces: torch.Tensor, h: int, w: int, params: torch.Tensor, prep: "Preprocessing",
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """NVDEC's NV12 surfaces (n, rows, pitch) uint8, contiguous from offset 0, whose planes
+    may be taller and wider than the h x w picture (decode.yuv.split_nv12) -> model input."""
+    n, rows, pitch = surfaces.shape
+    flat = surfaces.view(n, rows * pitch)
+    chroma_at = rows * 2 // 3 * pitch  # below the surface's luma rows
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    # Gathered rather than sliced: a view's strides say whether the surface is wider than
+    # the picture, and the graph compiled for one would not serve the other.
+    luma = torch.arange(h, device=surfaces.device)[:, None] * pitch + torch.arange(w, device=surfaces.device)
+    chroma = chroma_at + torch.arange(ch, device=surfaces.device)[:, None] * pitch \
+        + 2 * torch.arange(cw, device=surfaces.device)
+    y, u, v = flat[:, luma], flat[:, chroma], flat[:, chroma + 1]
+    return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype)
+
+
+def packed_rgb_to_input(frames: torch.Tensor, h: int, w: int, prep: "Preprocessing",
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    """(n, frame bytes) uint8, each row an H x W x 3 RGB frame -> model input."""
+    return preprocess(frames.view(frames.shape[0], h, w, 3), prep, out_dtype)
+
+
+CONVERSIONS = (packed_yuv_to_input, nv12_to_input, packed_rgb_to_input)
+RECOMPILE = "fail_on_recompile"  # in the message of a call that would compile once the worker runs
 
 
 class InputMaker:
     """Turns decoded frames, wherever they were decoded, into model input (n, 3, S, S) in
     the model's dtype on the model's device: a decoder process's packed frames (copied to
     the GPU from its pinned buffer on a side stream) or NVDEC's NV12 surfaces. With
-    `compile`, each conversion is one torch.compile'd function over dynamic shapes, so
-    that new resolutions do not recompile."""
+    `compile`, each of the three CONVERSIONS is one torch.compile'd graph over dynamic
+    shapes, compiled by `warm_up`: nothing in a dataset (sizes, colours, rotations, which
+    decoder) compiles another. Batches of one frame are doubled (a dimension of size 1 is
+    one a compiled graph specialises on). Should a call need a graph after all once the
+    worker runs (torch.compiler stance fail_on_recompile: no thread ever waits for a
+    compilation), it runs eagerly instead, and `fallbacks` says why."""
 
     def __init__(self, device: torch.device, prep: "Preprocessing", dtype: torch.dtype, compile: bool):
         self.device, self.prep, self.dtype = device, prep, dtype
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
-        self.yuv, self.rgb = yuv_to_input, rgb_to_input
-        if compile:
-            # one compiled variant per colour conversion, rotation and input layout
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self.yuv = torch.compile(yuv_to_input, dynamic=True)
-            self.rgb = torch.compile(rgb_to_input, dynamic=True)
+        self.compiled = compile
+        self.convert = {f: (torch.compile(f, dynamic=True) if compile else f) for f in CONVERSIONS}
+        self.params: dict = {}  # YuvToRgb -> its conversion_params on the device
+        self.fallbacks: dict[str, str] = {}  # conversion -> why it last ran eagerly
+        self.fallback_calls = 0
+
+    def _run(self, conversion, frames: torch.Tensor, *args) -> torch.Tensor:
+        one = self.compiled and frames.shape[0] == 1
+        if one:
+            frames = torch.cat([frames, frames])
+        try:
+            x = self.convert[conversion](frames, *args)
+        except RuntimeError as e:
+            if RECOMPILE not in str(e):
+                raise
+            self.fallback_calls += 1
+            self.fallbacks[conversion.__name__] = " ".join(str(e).split())[:400]
+            x = conversion(frames, *args)
+        return x[:1] if one else x
+
+    def colour_params(self, colour) -> torch.Tensor:
+        params = self.params.get(colour)
+        if params is None:
+            params = self.params[colour] = conversion_params(colour, self.device)
+        return params
 
     def from_host(self, host: torch.Tensor, count: int, info: VideoInfo, colour) -> tuple[torch.Tensor, object]:
         """`count` packed frames in host memory (YUV converted with `colour`, or RGB when
@@ -103,39 +164,40 @@ class InputMaker:
     def from_frames(self, frames: torch.Tensor, info: VideoInfo, colour) -> torch.Tensor:
         """(n, frame bytes) uint8, each row one packed frame (Y, U, V planes, or RGB)."""
         h, w = info.coded_size
-        n = frames.shape[0]
+        prep = transposed(self.prep, info.turns)
         if colour is None:
-            with COMPILED_CALLS:
-                return self.rgb(frames.view(n, h, w, 3), info.turns, self.prep, self.dtype)
-        ch, cw = (h + 1) // 2, (w + 1) // 2
-        y = frames[:, :h * w].view(n, h, w)
-        u = frames[:, h * w:h * w + ch * cw].view(n, ch, cw)
-        v = frames[:, h * w + ch * cw:].view(n, ch, cw)
-        with COMPILED_CALLS:
-            return self.yuv(y, u, v, colour, info.turns, self.prep, self.dtype)
+            x = self._run(packed_rgb_to_input, frames, h, w, prep, self.dtype)
+        else:
+            x = self._run(packed_yuv_to_input, frames, h, w, self.colour_params(colour), prep, self.dtype)
+        return upright(x, info.turns)
 
     def from_nv12(self, batch: torch.Tensor, info: VideoInfo) -> torch.Tensor:
         """NVDEC's NV12 frames (n, rows, pitch): the luma plane (surface height rows, then
         the interleaved chroma plane) may be taller and wider than the picture."""
         h, w = info.coded_size
-        ch, cw = (h + 1) // 2, (w + 1) // 2
-        y, u, v = split_nv12(batch, batch.shape[1] * 2 // 3, batch.shape[2])
-        with COMPILED_CALLS:
-            return self.yuv(y[:, :h, :w], u[:, :ch, :cw], v[:, :ch, :cw], info.colour, info.turns, self.prep,
-                            self.dtype)
+        if batch.storage_offset() or not batch.is_contiguous():
+            batch = batch.clone(memory_format=torch.contiguous_format)
+        x = self._run(nv12_to_input, batch, h, w, self.colour_params(info.colour), transposed(self.prep, info.turns),
+                      self.dtype)
+        return upright(x, info.turns)
 
     @torch.inference_mode()
-    def warm_up(self, colours):
-        """Compiles now (start-up) rather than on the first video: the RGB path, and the YUV
-        path for each colour conversion given, from packed planes and (on a GPU) from NV12
-        surfaces; small frames, since shapes are dynamic."""
-        info = VideoInfo(4, 30.0, 48, 64)
-        for colour in (*colours, None):
-            size = packed_frame_bytes(48, 64, colour)
-            self.from_frames(torch.zeros(3, size, dtype=torch.uint8, device=self.device), info, colour)
-            if self.cuda and colour is not None:
-                self.from_nv12(torch.zeros(3, 72, 64, dtype=torch.uint8, device=self.device),
-                               VideoInfo(4, 30.0, 48, 64, colour=colour))
+    def warm_up(self, size: tuple[int, int] = (360, 640), frames: int = 8, nv12: Optional[bool] = None):
+        """Compiles each conversion now (start-up) rather than on the first video: one graph
+        each, whatever the videos (dynamic shapes; the colour conversion is data). At a
+        typical size, since the kernels' launch settings are tuned on the first call; with
+        the turned preprocessing too where the model's input is not square. `nv12`: the NVDEC
+        conversion too (default: on a GPU)."""
+        h, w = size
+        colour = YuvToRgb("bt709")
+        for turns in ((0, 1) if self.prep.size[0] != self.prep.size[1] else (0,)):
+            info = VideoInfo(frames, 30.0, *((w, h) if turns else (h, w)), rotation=90 * turns, colour=colour)
+            for packed in (colour, None):
+                size_bytes = packed_frame_bytes(h, w, packed)
+                self.from_frames(torch.zeros(frames, size_bytes, dtype=torch.uint8, device=self.device), info, packed)
+            if self.cuda if nv12 is None else nv12:  # a surface taller and wider than the picture, as NVDEC's often are
+                rows = (h + 16) + (h + 16 + 1) // 2
+                self.from_nv12(torch.zeros(frames, rows, w + 64, dtype=torch.uint8, device=self.device), info)
 
 
 class ClipAssembler:

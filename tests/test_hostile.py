@@ -31,7 +31,10 @@ def test_rotated_video_is_read_upright_and_decord_refuses_it(tmp_path):
     maker = InputMaker(torch.device("cpu"), Preprocessing(), torch.float32, compile=False)
     packed = torch.from_numpy(stored.reshape(len(stored), -1))
     expected = preprocess(torch.from_numpy(np.rot90(stored, 1, axes=(1, 2)).copy()), Preprocessing(), torch.float32)
-    assert torch.equal(maker.from_frames(packed, upright.info, None), expected)
+    got = maker.from_frames(packed, upright.info, None)
+    # turned after the resize, not before: the same input but for float rounding (of 1/255 a level)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     try:
         DecordReader(rotated)
         raise AssertionError("decord read a rotated video")
@@ -63,3 +66,42 @@ def test_hostile_corpus_gets_features_or_named_failures(tmp_path):
     assert manifest["rotated.mp4"]["rotation_applied"] == 270 and manifest["rotated.mp4"]["video_decoder"] == "pyav"
     assert np.load(out / "hevc10.npy").shape == (2, 128)
     assert manifest["locked.mp4"]["status"] == "failed"
+
+
+def test_variable_frame_rate_matroska_is_numbered_by_timestamp_and_kept_from_nvdec(tmp_path):
+    """Frames of 33 and 50 ms in turn: the CPU path numbers frames in timestamp order (frame i
+    is the packet with the i-th smallest timestamp, decord's numbering), and the prober says
+    the rate varies, so that NVDEC, which numbered such Matroska frames otherwise, never gets
+    the file; an MP4 at that rate and a constant-rate Matroska file still go to it."""
+    import av
+
+    from extractor.decode.nvdec import nvdec_cannot
+    from extractor.decode.processes import CpuDecoder
+
+    frames = synthetic_frames(30, 48, 64)
+    gaps = np.cumsum([0] + [33 if i % 2 == 0 else 50 for i in range(29)])
+    files = {"vfr.mkv": write_frames(tmp_path / "vfr.mkv", frames, pts_ms=gaps),
+             "vfr.mp4": write_frames(tmp_path / "vfr.mp4", frames, pts_ms=gaps),
+             "cfr.mkv": write_frames(tmp_path / "cfr.mkv", frames)}
+    prober = CpuDecoder(-1, "pyav", 8 << 20, cuda=False)
+    try:
+        probed = {}
+        for vid, (name, path) in enumerate(files.items()):
+            prober.send(("probe", vid, str(path), 0))
+            kind, got, info, reason, index = prober.conn.recv()
+            assert (kind, got, reason, index) == ("probed", vid, "", None)
+            probed[name] = info
+    finally:
+        prober.stop()
+    assert [probed[n].variable_rate for n in files] == [True, True, False]
+    assert "matroska" in probed["vfr.mkv"].container and "mp4" in probed["vfr.mp4"].container
+    assert nvdec_cannot(probed["vfr.mkv"]) == "variable frame rate in Matroska/WebM"
+    assert nvdec_cannot(probed["vfr.mp4"]) == "" and nvdec_cannot(probed["cfr.mkv"]) == ""
+    reader = PyAVReader(files["vfr.mkv"])
+    assert reader.info.num_frames == 30
+    got = all_frames(reader)
+    with av.open(str(files["vfr.mkv"])) as container:
+        by_time = sorted(((f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)),
+                         key=lambda pair: pair[0])
+    assert [pts for pts, _ in by_time] == gaps.tolist()
+    np.testing.assert_array_equal(got, np.stack([rgb for _, rgb in by_time]))
