@@ -59,6 +59,7 @@ class Backbone:
     preprocessing: Preprocessing
     description: str = ""
     note: str = ""  # a line for the user, e.g. a flag that is ignored
+    module: Optional[torch.nn.Module] = None  # the network `build` made (the pipeline compiles its blocks)
 
     def build(self, device: torch.device, dtype: torch.dtype) -> ClipFunction:
         raise NotImplementedError
@@ -87,7 +88,7 @@ class LlavaViTBackbone(Backbone):
         self.note = self.ckpt.note
 
     def build(self, device: torch.device, dtype: torch.dtype) -> ClipFunction:
-        model = build_from_checkpoint(self.ckpt).to(device=device, dtype=dtype)
+        model = self.module = build_from_checkpoint(self.ckpt).to(device=device, dtype=dtype)
         h, w = (s // self.ckpt.config.patch_size for s in self.preprocessing.size)
         cos, sin = model.rope_tables(temporal_positions(self.clip_len, self.rule, device), h, w)
 
@@ -177,7 +178,7 @@ class DINOv3Backbone(Backbone):
 
     def build(self, device: torch.device, dtype: torch.dtype) -> ClipFunction:
         model, _ = self._load(dtype)
-        model = model.to(device).eval().requires_grad_(False)
+        model = self.module = model.to(device).eval().requires_grad_(False)
 
         def clip_features(clips: torch.Tensor) -> torch.Tensor:
             B, T = clips.shape[:2]

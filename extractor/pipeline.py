@@ -4,6 +4,7 @@ runs full batches (which may span videos) and hands finished videos to a saver t
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import threading
@@ -23,7 +24,7 @@ from .decode.plan import plan_decoding
 from .decode.source import FrameSource
 from .datasets import feature_relpath, video_name
 from .outputs import save_features
-from .video import COMPILED_CALLS, ClipAssembler, InputMaker
+from .video import RECOMPILE, ClipAssembler, InputMaker
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -163,6 +164,20 @@ class Saver:
         self.thread.join()
 
 
+def compile_blocks(module: torch.nn.Module) -> int:
+    """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
+    modules of one class: a transformer's layers) in place, and returns how many. The
+    blocks share one compiled graph (their parameters are its inputs), so that compiling
+    costs one block's tracing, not the whole model's: on an H200, LLaVA-ViT large compiled
+    whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s, at the same speed
+    (OPTIMIZATION_SUMMARY.md). What lies outside the blocks (patch embedding, head) runs eagerly."""
+    blocks = [block for stack in module.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
+              and len({type(b) for b in stack}) == 1 for block in stack]
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
 class Engine:
     """The model on one device. Batches are submitted without waiting: the features come
     back through pinned memory behind a CUDA event, so the CPU prepares the next batch
@@ -179,16 +194,23 @@ class Engine:
             allow = cfg.dtype == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = allow
             torch.backends.cudnn.allow_tf32 = allow
+        t0 = time.perf_counter()
         clip_features = backbone.build(device, self.dtype)
-        self.encode = torch.compile(clip_features) if cfg.compile else clip_features
+        self.load_s = time.perf_counter() - t0  # weights onto the device; then compile_s
+        self.encode = clip_features
+        if cfg.compile and not compile_blocks(backbone.module):
+            self.encode = torch.compile(clip_features)  # no stack of blocks: the whole function
+        self.eager_batches, self.fallbacks = 0, ""  # batches run eagerly once compiling was over, and why
         self.clip_shape = (cfg.clip_len, 3, *self.preprocessing.size)  # (T, 3, H, W) per clip
         self.batch = cfg.batch_clips
         # A compiled model sees one input tensor, always the same shape and strides: clips
         # are stacked into this buffer and a last partial batch runs on stale rows.
         self.buffer: Optional[torch.Tensor] = None
+        t0 = time.perf_counter()
         if cfg.compile:  # compile now, so that start-up is not counted as throughput
             warm = torch.rand(self.batch, *self.clip_shape, device=device).to(self.dtype)
             self.result(self.submit(list(warm)))
+        self.compile_s = time.perf_counter() - t0
 
     def _forward(self, clips: list) -> torch.Tensor:
         n = len(clips)
@@ -199,8 +221,15 @@ class Engine:
             x = self.buffer
         else:
             x = torch.stack(clips)
-        with COMPILED_CALLS:
+        try:
             return self.encode(x)[:n].float()
+        except RuntimeError as e:  # a graph missing once compiling is over: this batch runs eagerly
+            if RECOMPILE not in str(e):
+                raise
+            self.eager_batches += 1
+            self.fallbacks = " ".join(str(e).split())[:400]
+            with torch.compiler.set_stance("force_eager"):
+                return self.encode(x)[:n].float()
 
     @torch.inference_mode()
     def submit(self, clips: list) -> list:
@@ -318,33 +347,86 @@ class MemoryWatch(threading.Thread):
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report,
                backbone: Optional[Backbone] = None, cpu_budget: int = 1) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
-    one already opened (else the worker opens cfg.ckpt_path)."""
+    one already opened (else the worker opens cfg.ckpt_path).
+
+    Teardown runs in an order that frees no CUDA memory after its context is gone: every
+    tensor of the run is dropped with `_work`'s frame (its threads joined by then), the
+    allocator is emptied on the device, the default stream made current again, and only
+    then is the green context the model ran in released (freed the other way round, a
+    tensor's free recorded an event on a destroyed context: 'terminate called ... context
+    is destroyed', SIGABRT, in 2 of 11 runs on an H200)."""
+    t0 = time.perf_counter()
     plan = plan_decoding(cfg, device, cpu_budget)
-    green = None  # the green context the model runs in (held for the worker's life), leaving SMs to NVDEC
+    green = None  # the green context the model runs in (held until every tensor is freed), leaving SMs to NVDEC
     if plan.nvdec_sms:
         green, why = leave_sms_to_nvdec(device, plan.nvdec_sms)
         if why:
             plan.nvdec_sms = 0
             report({"type": "warning", "video": None, "msg": f"the model runs on every SM, NVDEC beside it slower "
                                                              f"(no green context: {why})"})
+    try:
+        _work(cfg, device, claim, report, backbone, plan, t0)
+    finally:
+        if cfg.compile:
+            set_stance("default")
+        release_device(device)
+        del green
+
+
+def set_stance(stance: str) -> None:
+    """torch.compiler.set_stance where the torch release has it (2.6 on)."""
+    if hasattr(torch.compiler, "set_stance"):
+        torch.compiler.set_stance(stance)
+
+
+def release_device(device: torch.device) -> None:
+    """Frees what the run left on the device, with the green context still alive: unreachable
+    tensors collected, the device's work finished and its cached memory (and the events
+    recorded on it) released, the default stream current again."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.set_stream(torch.cuda.default_stream(device))
+
+
+def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, backbone: Optional[Backbone],
+          plan, t0: float) -> None:
+    startup = {}  # seconds of each part of the worker's start-up, in order, for its "ready" line
+
+    def lap(part: str, seconds: Optional[float] = None):
+        nonlocal t0
+        startup[part] = startup.get(part, 0.0) + (time.perf_counter() - t0 if seconds is None else seconds)
+        t0 = time.perf_counter()
+
+    lap("device")  # CUDA's start, and the green context
     if backbone is None:  # a spawned worker opens the checkpoint itself
         backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
+    lap("load")
     maker = InputMaker(device, backbone.preprocessing, DTYPES[cfg.dtype], cfg.compile)
     # The decoder processes start now and fill their buffers while the model compiles;
     # NVDEC sessions, which run compiled conversions in this process, once it has.
     source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,
                          lambda path: VideoJob(path, cfg.video_name(path)), device, maker)
+    lap("decoders")
     saver = memory = None
     try:
         engine = Engine(cfg, device, report, backbone)
-        if cfg.compile:  # the colour conversions of most videos: BT.601 and BT.709, limited range
-            from .decode.color import YuvToRgb
-
-            maker.warm_up([YuvToRgb("bt601"), YuvToRgb("bt709")])
+        lap("load", engine.load_s)
+        lap("compile", engine.compile_s)
+        if cfg.compile:
+            maker.warm_up()
+            lap("conversions")
             if engine.cuda:  # (uncompiled or on the CPU, the first second of real batches measures it)
                 source.know_model_rate(engine.measure_rate())
+                lap("rate")
+            # From here on nothing compiles: a call that would runs eagerly (and says so) rather
+            # than hold every thread that converts frames or runs the model while it compiles.
+            set_stance(RECOMPILE)
         source.start_sessions()
-        report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe()})
+        t_ready = time.perf_counter()
+        report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe(),
+                "startup": startup})
         saver = Saver(cfg, report)
         memory = MemoryWatch(source)
         memory.start()
@@ -372,6 +454,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             finish_if_complete(video)
 
     pace = ClaimPace(source)
+    first_frames_s = 0.0  # after ready, when the first frames reached this thread
 
     def launch(final: bool):
         nonlocal pending
@@ -418,6 +501,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
                             "msg": f"{job.info.num_frames} frames, shorter than one clip of {cfg.clip_len}: "
                                    "one clip padded with its last frame"})
             elif kind == "frames":
+                first_frames_s = first_frames_s or time.perf_counter() - t_ready
                 chunk = event[3]
                 if job.video.failed:
                     chunk.discard()
@@ -451,9 +535,12 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
         memory.stop.set()
         source.close()
         saver.close()
+        backbone.module = None  # (a backbone the caller opened must not keep the model on the device)
     memory.sample()
     report({"type": "peak", "ram_gib": memory.peak / 2**30,
             "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0,
             "clips": pace.total, "work_s": time.perf_counter() - pace.t0 if pace.t0 else 0.0,
             "waited_s": pace.waited_s, "frames_by_decoder": dict(source.frames_by_decoder),
-            "nvdec": source.nvdec_use()})
+            "nvdec": source.nvdec_use(), "first_frames_s": first_frames_s,
+            "eager_calls": maker.fallback_calls + engine.eager_batches,
+            "eager_why": "; ".join(filter(None, [*maker.fallbacks.values(), engine.fallbacks]))})

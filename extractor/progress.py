@@ -196,8 +196,9 @@ class Progress:
             new = ev.get("decoding") and ev["decoding"] not in self.decoding_said
             if new:
                 self.decoding_said.add(ev["decoding"])
-            self.say(f"[R{rank}] ready after {self.clock() - self.t0:.1f}s" +
-                     (f" | decoding: {ev['decoding']}" if new else ""))
+            parts = ", ".join(f"{part} {s:.1f}s" for part, s in (ev.get("startup") or {}).items())
+            self.say(f"[R{rank}] ready after {self.clock() - self.t0:.1f}s" + (f" (worker: {parts})" if parts else "")
+                     + (f" | decoding: {ev['decoding']}" if new else ""))
         elif kind == "done":
             self.held.get(rank, set()).discard(name)
             self.meter.ended(name, done=True)
@@ -231,8 +232,12 @@ class Progress:
             if ev.get("clips"):  # the worker's own rate, from its first batch to its end
                 self.say(f"[R{rank}] worker: {ev['clips']} clips in {ev['work_s']:.1f}s from its first batch = "
                          f"{ev['clips'] / max(1e-9, ev['work_s']):.1f} clips/s | waited for frames "
-                         f"{ev['waited_s']:.1f}s" + frames_by_decoder(ev.get("frames_by_decoder"))
-                         + nvdec_use(ev.get("nvdec"), ev["work_s"]))
+                         f"{ev['waited_s']:.1f}s" + (f" | first frames {ev['first_frames_s']:.2f}s after ready"
+                                                     if ev.get("first_frames_s") else "")
+                         + frames_by_decoder(ev.get("frames_by_decoder")) + nvdec_use(ev.get("nvdec"), ev["work_s"]))
+            if ev.get("eager_calls"):
+                self.say(f"[R{rank}] warning: {ev['eager_calls']} calls ran eagerly, a compiled graph missing after "
+                         f"start-up: {ev.get('eager_why', '')}", err=True)
         elif kind == "worker_end":
             s.worker_end_s[rank] = ev.get("t", time.time()) - self.t0_wall
         elif kind == "fatal":
