@@ -31,6 +31,10 @@ class VideoInfo:
     # Frames decoded after a keyframe but shown before it (the leading pictures of open
     # GOPs): None where the packets were not read. NVDEC decodes them differently from FFmpeg.
     leading_pictures: Optional[bool] = None
+    # Frame durations that vary (timestamps not evenly spaced): None where the packets were
+    # not read. NVDEC's frames differed from FFmpeg's on such Matroska files.
+    variable_rate: Optional[bool] = None
+    container: str = ""  # FFmpeg's name for the container format, where the packets were read
 
     @property
     def layout(self) -> str:

@@ -106,6 +106,7 @@ class DecoderProcess:
         reader.close()
         scan = scan_packets(Path(path))  # (probed videos are for NVDEC, which must not get open GOPs)
         reader.info.leading_pictures = scan.leading_pictures
+        reader.info.variable_rate, reader.info.container = scan.variable_rate, scan.container
         index, why = splittable(path, reader.info, split, scan)
         self.conn.send(("probed", vid, reader.info, why, index))
 

@@ -89,7 +89,8 @@ def nvdec_cannot(info: VideoInfo) -> str:
     """Why NVDEC should not decode this video ('' if it can): it must give exactly the
     frames the CPU path gives (8-bit 4:2:0 with an exact colour conversion, progressive,
     no open GOPs: on the leading pictures of x264 open-gop and HEVC CRA streams NVDEC's
-    pixels were not FFmpeg's, decoding from the start included)."""
+    pixels were not FFmpeg's, decoding from the start included; no variable frame rate in
+    Matroska or WebM)."""
     if info.codec not in NVDEC_CODECS:
         return f"codec {info.codec}"
     if info.layout != "yuv420p":
@@ -98,6 +99,10 @@ def nvdec_cannot(info: VideoInfo) -> str:
         return "interlaced"
     if info.leading_pictures:  # NVDEC's pixels differed from FFmpeg's on them (H100, 2026-11-27)
         return "open GOP (frames decoded after a keyframe are shown before it)"
+    if info.variable_rate and any(name in info.container.split(",") for name in ("matroska", "webm")):
+        # PyNvVideoCodec numbers Matroska frames by time ("seek accuracy may be impacted"): on
+        # one with frames of 33 and 50 ms its features' per-clip cosine to FFmpeg's was 0.99887 (H200, 2026-12-04)
+        return "variable frame rate in Matroska/WebM"
     return ""
 
 

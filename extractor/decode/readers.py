@@ -36,6 +36,11 @@ def forward_frames(indices: np.ndarray, info: VideoInfo, read, convert) -> Itera
         raise DecodeError(f"decoding failed near frame {want} of {info.num_frames} ({first_line(e)})") from None
 
 
+def codec_name(codec) -> str:
+    """The format's name (av1), not the decoder's (libdav1d): NVDEC takes videos by format."""
+    return getattr(codec, "canonical_name", "") or codec.name
+
+
 class PyAVReader:
     """FFmpeg through PyAV, pulled frame by frame (flat memory whatever the video's length).
     The frames are decord's, the original script's decoder, pixel for pixel: same FFmpeg
@@ -88,7 +93,7 @@ class PyAVReader:
         colour = gpu_conversion(first) if gpu_colour else None
         self.info = VideoInfo(num_frames, fps, *((w, h) if turns % 2 else (h, w)), rotation=turns * 90,
                               colour=colour,
-                              codec=stream.codec_context.name, pix_fmt=first.format.name,
+                              codec=codec_name(stream.codec_context.codec), pix_fmt=first.format.name,
                               interlaced=bool(getattr(first, "interlaced_frame", False)))
 
     def frames(self, indices: np.ndarray, start=None) -> Iterator[tuple[int, tuple, object]]:
@@ -289,6 +294,21 @@ class PacketScan:
     # a packet after a keyframe in decoding order but shown before it (an open GOP's
     # leading picture), e.g. x264's open-gop=1 or HEVC's CRA pictures
     leading_pictures: bool = False
+
+    @property
+    def variable_rate(self) -> bool:
+        return rate_varies(self.pts)
+
+
+def rate_varies(pts) -> bool:
+    """Whether frames last different times: a gap between consecutive timestamps differs
+    from the typical one by more than a tenth of it (and more than one tick, the rounding
+    of a millisecond time base: 33 and 34 ms at 29.97 fps are one rate)."""
+    if len(pts) < 3:
+        return False
+    gaps = np.diff(np.sort(np.asarray(pts, dtype=np.int64)))
+    typical = float(np.median(gaps))
+    return bool(np.abs(gaps - typical).max() > max(1.0, 0.1 * typical))
 
 
 def scan_packets(path: Path, formats: Optional[set] = None) -> PacketScan:
