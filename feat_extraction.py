@@ -138,15 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log_every_s", type=positive_int, default=60,
                    help="seconds between progress lines in run.log, and on stderr when it is not a terminal "
                         "(nohup, Slurm; a terminal gets a progress bar)")
+    r.add_argument("--verbose", action="store_true",
+                   help="let other libraries' own log lines through (PyNvVideoCodec's warnings, FFmpeg's messages "
+                        "inside it); without it they stay off the terminal")
     r.add_argument("--demo", action="store_true",
                    help="run on a generated sample video with a small RANDOM-weights checkpoint (./demo_data)")
     return p
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """PyNvVideoCodec's own logger (and FFmpeg's, inside it) take their level from LOGGER_LEVEL,
+    read when it loads: FATAL keeps lines such as '[WARN ][12:00:00] Container format is
+    matroska,webm. , Seek accuracy may be impacted.' off the terminal (what they warn of
+    reaches the manifest's decoder_note: decode.nvdec.nvdec_cannot). The workers and their
+    decoder processes inherit it; a LOGGER_LEVEL the user set is kept."""
+    if not verbose:
+        os.environ.setdefault("LOGGER_LEVEL", "FATAL")
 
 
 def resolve(args: argparse.Namespace, launcher=None):
     """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone),
     videos as names relative to --data_path (extractor/datasets.py). `launcher`: rank, world size and
     rendezvous when torchrun or srun started this process."""
+    quiet_libraries(args.verbose)
     import torch
 
     from extractor.backbones import open_backbone
