@@ -159,7 +159,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
     text = log.read_text(errors="replace")
     m = SUMMARY.search(text)
     if m is None:
-        return {"error": f"exit {proc.returncode} (log {log}): {text[-3000:]}"}
+        return {"error": f"exit {proc.returncode} (log {log}): {text[-3000:]}", "exit_code": proc.returncode}
     done, failed, clips, busy, startup, rate, shutdown, ram, gpu, idle_s, idle_pct = m.groups()
     header = HEADER.search(text)
     decoders = {}
@@ -167,7 +167,8 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
         hit = re.search(r"decode \(([\w+]+)\)", line)
         if hit:
             decoders[hit.group(1)] = decoders.get(hit.group(1), 0) + 1
-    return {"command": "python " + " ".join(map(str, args)), "videos": int(done), "failed": int(failed),
+    return {"command": "python " + " ".join(map(str, args)), "exit_code": proc.returncode, "videos": int(done),
+            "failed": int(failed),
             "clips": int(clips), "busy_s": float(busy), "startup_s": float(startup), "clips_per_s": float(rate),
             "shutdown_s": float(shutdown),
             "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,

@@ -31,6 +31,11 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             on 128, 120 and 112 SMs (green contexts; bench/nvdec_load.py)
   decoder_memory  what a CPU decoder process adds to a worker's memory at 720p (bench/decoder_memory.py;
             runs on the CPU too)
+  real      corpora shaped like real datasets (bench/mixed.py: mixed sizes, codecs, rotations and
+            lengths; the same videos all 640x480; an awkward set with broken files): the CLI runs
+            --real names (each from a cold or a warm compile cache), --real_ceilings, the awkward
+            set's features on every decoding path against fp32 CPU decoding (--real_fidelity),
+            and --exits short runs counting abnormal exits (bench/real_data.py)
 Every figure goes to --json; the summary table puts each end-to-end figure beside what bounds it."""
 
 from __future__ import annotations
@@ -78,8 +83,12 @@ def build_corpus(work: Path, kind: str, a) -> list[Path]:
     return sorted(out.glob(f"{kind}_[0-9]*.mp4"))
 
 
-def checkpoint(work: Path, quick: bool) -> Path:
-    ckpt = work / ("tiny.pt" if quick else "base.pt")
+MODELS = {"base": "llava_vit_base_ln", "large": "llava_vit_large_ln"}
+
+
+def checkpoint(work: Path, quick: bool, model: str = "base") -> Path:
+    """A random-weights checkpoint of MODELS[model] (--quick: a tiny model whatever `model`)."""
+    ckpt = work / ("tiny.pt" if quick else f"{model}.pt")
     if not ckpt.exists():
         if quick:
             from extractor.demo import random_checkpoint
@@ -88,7 +97,7 @@ def checkpoint(work: Path, quick: bool) -> Path:
         else:
             from checkpoints import random_backbone
 
-            random_backbone(ckpt, "llava_vit_base_ln")
+            random_backbone(ckpt, MODELS[model])
     return ckpt
 
 
@@ -158,8 +167,9 @@ def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
     for handles in in_flight:
         engine.result(handles)
     wall = time.perf_counter() - t0
-    r = {"clips": done, "wall_s": round(wall, 2), "clips_per_s": round(done / wall, 1)}
-    say(f"  model only: {r['clips_per_s']:.1f} clips/s ({cfg.dtype}{', compiled' if cfg.compile else ''}, "
+    r = {"clips": done, "wall_s": round(wall, 2), "clips_per_s": round(done / wall, 1), "compile_s": engine.compile_s}
+    say(f"  model only ({ckpt.stem}): {r['clips_per_s']:.1f} clips/s ({cfg.dtype}"
+        f"{f', compiled by blocks in {engine.compile_s:.1f}s' if cfg.compile else ''}, "
         f"batch {cfg.batch_clips})")
     return r
 
@@ -324,6 +334,18 @@ def main():
                                                                          "the workers")
     ap.add_argument("--fidelity_features", default="hacs,charades", help="fidelity: corpora whose features are "
                                                                           "compared (pixels are, on every corpus)")
+    ap.add_argument("--models", default="base", help="model: the models timed alone (base, large)")
+    ap.add_argument("--real", default="mixed=mixed:charades:base;uniform=uniform:charades:base;"
+                                      "awkward=awkward:charades:base:warm;awkward_cpu=awkward:charades:base:warm "
+                                      "--decoder cpu",
+                    help="real: runs separated by ';', each NAME=CORPUS:PRESET:MODEL[:warm] [FLAGS] with CORPUS "
+                         "mixed, uniform or awkward, PRESET charades or hacs, MODEL base or large; 'warm' reuses the "
+                         "compile cache of that model's last run, else the run starts from an empty one")
+    ap.add_argument("--real_ceilings", default="", help="real: corpora (mixed, uniform) whose decode ceiling with "
+                                                        "conversions is measured (the default plan, --ceiling_s)")
+    ap.add_argument("--real_fidelity", action="store_true", help="real: the awkward set's features on every path")
+    ap.add_argument("--exits", type=int, default=0, help="real: short default runs in a row, counting abnormal exits")
+    ap.add_argument("--real_scale", type=float, default=1.0, help="real: video lengths times this")
     a = ap.parse_args()
     a.copies = {k: int(v) for k, v in (item.split("=") for item in a.copies.split(","))}
     work = a.work or Path(tempfile.mkdtemp(prefix="featbench_"))
@@ -364,9 +386,24 @@ def main():
         from decoder_memory import run_decoder_memory
 
         results["decoder_memory"] = run_decoder_memory(work, a.source, say)
-    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls", "decoder_memory"}
+    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls", "decoder_memory", "real"}
     ckpt = checkpoint(work, a.quick) if stages - standalone else None
-    model = stage_model(ckpt, dev, a.quick) if "model" in stages else None
+    model = None
+    if "model" in stages:
+        for name in a.models.split(","):
+            results[f"model_{name}"] = stage_model(checkpoint(work, a.quick, name), dev, a.quick)
+        model = results.get("model_base")
+    if "real" in stages:
+        from real_data import run_real
+
+        ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS}
+        results["real"] = run_real(work, ckpts, a.real, a.logs, a.cli_timeout, say, a.exits, a.real_fidelity,
+                                   a.real_scale)
+        for corpus in filter(None, a.real_ceilings.split(",")):
+            videos = sorted((work / "corpora" / corpus).iterdir())
+            say(f"{corpus}: decode ceiling with conversions ({len(videos)} videos)")
+            results["real"][f"ceiling_{corpus}"] = stage_ceilings(videos, PRESETS["charades"], dev, a.ceiling_s,
+                                                                  "auto", "convert")
     for kind in a.corpora.split(","):
         if not stages - standalone - {"model"}:
             break
