@@ -396,7 +396,8 @@ def main():
     if "real" in stages:
         from real_data import run_real
 
-        ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS}
+        used = {item.split("=", 1)[1].split()[0].split(":")[2] for item in filter(None, a.real.split(";"))}
+        ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS if name in used | {"base"}}
         results["real"] = run_real(work, ckpts, a.real, a.logs, a.cli_timeout, say, a.exits, a.real_fidelity,
                                    a.real_scale)
         for corpus in filter(None, a.real_ceilings.split(",")):

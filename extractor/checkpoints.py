@@ -229,6 +229,9 @@ def check_fits(ckpt: LoadedCheckpoint) -> None:
 
 
 def build_from_checkpoint(ckpt: LoadedCheckpoint) -> LlavaViT:
-    model = LlavaViT(ckpt.config)
-    model.load_state_dict(ckpt.state_dict, strict=True)
+    """The model holding the checkpoint's tensors themselves (built on the meta device: no
+    random initialisation to overwrite, a second or more of a worker's start-up)."""
+    with torch.device("meta"):
+        model = LlavaViT(ckpt.config)
+    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
     return model.eval().requires_grad_(False)

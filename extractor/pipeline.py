@@ -164,6 +164,37 @@ class Saver:
         self.thread.join()
 
 
+def set_tf32(allow: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+
+
+class WeightsLoader(threading.Thread):
+    """Puts a backbone's weights on the device (backbone.build) beside the worker's main
+    thread, which meanwhile compiles the frame conversion: reading the checkpoint and
+    copying it to the GPU release the GIL."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, dtype: torch.dtype):
+        super().__init__(daemon=True, name="weights")
+        self.backbone, self.device, self.dtype = backbone, device, dtype
+        self.clip_features, self.error = None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.clip_features = self.backbone.build(self.device, self.dtype)
+            if self.device.type == "cuda":  # (this thread's stream is not the main thread's)
+                torch.cuda.current_stream(self.device).synchronize()
+        except BaseException as e:  # handed to the main thread
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.clip_features
+
+
 def compile_blocks(module: torch.nn.Module) -> int:
     """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
     modules of one class: a transformer's layers) in place, and returns how many. The
@@ -183,20 +214,18 @@ class Engine:
     back through pinned memory behind a CUDA event, so the CPU prepares the next batch
     while the GPU runs this one."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, report: Report, backbone: Optional[Backbone] = None):
+    def __init__(self, cfg: RunConfig, device: torch.device, report: Report, backbone: Optional[Backbone] = None,
+                 clip_features=None):
+        """`clip_features`: what backbone.build gave already (else it is built here)."""
         self.cfg, self.device, self.report = cfg, device, report
         if backbone is None:  # a spawned worker opens the checkpoint itself
             backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
         self.width, self.preprocessing, self.description = backbone.width, backbone.preprocessing, backbone.description
         self.dtype = DTYPES[cfg.dtype]
         self.cuda = device.type == "cuda"
-        if self.cuda:
-            allow = cfg.dtype == "tf32"
-            torch.backends.cuda.matmul.allow_tf32 = allow
-            torch.backends.cudnn.allow_tf32 = allow
-        t0 = time.perf_counter()
-        clip_features = backbone.build(device, self.dtype)
-        self.load_s = time.perf_counter() - t0  # weights onto the device; then compile_s
+        set_tf32(self.cuda and cfg.dtype == "tf32")
+        if clip_features is None:
+            clip_features = backbone.build(device, self.dtype)
         self.encode = clip_features
         if cfg.compile and not compile_blocks(backbone.module):
             self.encode = torch.compile(clip_features)  # no stack of blocks: the whole function
@@ -345,9 +374,10 @@ class MemoryWatch(threading.Thread):
 
 
 def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Report,
-               backbone: Optional[Backbone] = None, cpu_budget: int = 1) -> None:
+               backbone: Optional[Backbone] = None, cpu_budget: int = 1, startup: Optional[dict] = None) -> None:
     """Claims videos until none are left, writing one feature file per video. `backbone`:
-    one already opened (else the worker opens cfg.ckpt_path).
+    one already opened (else the worker opens cfg.ckpt_path). `startup`: seconds of the
+    worker's start before this call, by part, for its "ready" event (which adds its own).
 
     Teardown runs in an order that frees no CUDA memory after its context is gone: every
     tensor of the run is dropped with `_work`'s frame (its threads joined by then), the
@@ -365,7 +395,7 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
             report({"type": "warning", "video": None, "msg": f"the model runs on every SM, NVDEC beside it slower "
                                                              f"(no green context: {why})"})
     try:
-        _work(cfg, device, claim, report, backbone, plan, t0)
+        _work(cfg, device, claim, report, backbone, plan, t0, dict(startup or {}))
     finally:
         if cfg.compile:
             set_stance("default")
@@ -391,18 +421,19 @@ def release_device(device: torch.device) -> None:
 
 
 def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, backbone: Optional[Backbone],
-          plan, t0: float) -> None:
-    startup = {}  # seconds of each part of the worker's start-up, in order, for its "ready" line
+          plan, t0: float, startup: dict) -> None:
+    """`startup`: seconds of each part of the worker's start-up, in order, for its "ready" line."""
 
     def lap(part: str, seconds: Optional[float] = None):
         nonlocal t0
         startup[part] = startup.get(part, 0.0) + (time.perf_counter() - t0 if seconds is None else seconds)
         t0 = time.perf_counter()
 
-    lap("device")  # CUDA's start, and the green context
+    lap("device")  # the green context
     if backbone is None:  # a spawned worker opens the checkpoint itself
         backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
-    lap("load")
+    lap("open")
+    weights = WeightsLoader(backbone, device, DTYPES[cfg.dtype])
     maker = InputMaker(device, backbone.preprocessing, DTYPES[cfg.dtype], cfg.compile)
     # The decoder processes start now and fill their buffers while the model compiles;
     # NVDEC sessions, which run compiled conversions in this process, once it has.
@@ -411,12 +442,14 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
     lap("decoders")
     saver = memory = None
     try:
-        engine = Engine(cfg, device, report, backbone)
-        lap("load", engine.load_s)
+        if cfg.compile:
+            maker.warm_up()  # (compiles the conversion while the weights load)
+            lap("conversions")
+        clip_features = weights.result()
+        lap("load")  # what loading the weights took beyond the conversion's compilation
+        engine = Engine(cfg, device, report, backbone, clip_features)
         lap("compile", engine.compile_s)
         if cfg.compile:
-            maker.warm_up()
-            lap("conversions")
             if engine.cuda:  # (uncompiled or on the CPU, the first second of real batches measures it)
                 source.know_model_rate(engine.measure_rate())
                 lap("rate")

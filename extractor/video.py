@@ -60,89 +60,93 @@ def transposed(prep: "Preprocessing", turns: int) -> "Preprocessing":
     return replace(prep, size=prep.size[::-1])
 
 
-# The conversions InputMaker compiles. Each takes a whole contiguous buffer and the frame's
-# size, and finds the planes in it itself, so that one graph serves every frame size, plane
-# layout (as views of different strides, planes were variants compiled of their own), colour
-# conversion (given as data: decode.yuv.conversion_params) and rotation (turned after them).
+# The conversion InputMaker compiles takes a whole contiguous buffer of frames, the frame's
+# size, and where its planes lie in it as data (`layout`), so that one graph serves every
+# frame size, plane layout (packed planes from a decoder process, NVDEC's NV12 surfaces of
+# any pitch), colour conversion (data too: decode.yuv.conversion_params) and rotation (turned
+# after it). Given as views, planes of other strides were graphs of their own.
 
-def packed_yuv_to_input(frames: torch.Tensor, h: int, w: int, params: torch.Tensor, prep: "Preprocessing",
-                        out_dtype: torch.dtype) -> torch.Tensor:
-    """(n, frame bytes) uint8, each row a frame's Y, U, V planes -> model input."""
-    n, ch, cw = frames.shape[0], (h + 1) // 2, (w + 1) // 2
-    y = frames[:, :h * w].view(n, h, w)
-    u = frames[:, h * w:h * w + ch * cw].view(n, ch, cw)
-    v = frames[:, h * w + ch * cw:h * w + 2 * ch * cw].view(n, ch, cw)
-    return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype)
-
-
-def nv12_to_input(surfaces: torch.Tensor, h: int, w: int, params: torch.Tensor, prep: "Preprocessing",
-                  out_dtype: torch.dtype) -> torch.Tensor:
-    """NVDEC's NV12 surfaces (n, rows, pitch) uint8, contiguous from offset 0, whose planes
-    may be taller and wider than the h x w picture (decode.yuv.split_nv12) -> model input."""
-    n, rows, pitch = surfaces.shape
-    flat = surfaces.view(n, rows * pitch)
-    chroma_at = rows * 2 // 3 * pitch  # below the surface's luma rows
+def plane_layout(packed: bool, h: int, w: int, rows: int = 0, pitch: int = 0) -> tuple[int, ...]:
+    """Where a frame's planes lie in its row of bytes: (luma row pitch, U offset, V offset,
+    chroma row pitch, chroma column step). Packed planes (Y, then U, then V, each without
+    padding), or an NV12 surface `rows` x `pitch` (luma rows * 2 // 3 of them, then U and V
+    interleaved)."""
     ch, cw = (h + 1) // 2, (w + 1) // 2
-    # Gathered rather than sliced: a view's strides say whether the surface is wider than
-    # the picture, and the graph compiled for one would not serve the other.
-    luma = torch.arange(h, device=surfaces.device)[:, None] * pitch + torch.arange(w, device=surfaces.device)
-    chroma = chroma_at + torch.arange(ch, device=surfaces.device)[:, None] * pitch \
-        + 2 * torch.arange(cw, device=surfaces.device)
-    y, u, v = flat[:, luma], flat[:, chroma], flat[:, chroma + 1]
+    if packed:
+        return w, h * w, h * w + ch * cw, cw, 1
+    chroma = rows * 2 // 3 * pitch
+    return pitch, chroma, chroma + 1, pitch, 2
+
+
+def yuv_to_input(frames: torch.Tensor, h: int, w: int, layout: torch.Tensor, params: torch.Tensor,
+                 prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
+    """(n, bytes per frame) uint8, each row a frame's Y, U, V planes where `layout` (int64,
+    `plane_layout`) says -> model input. The planes are gathered, never materialised whole:
+    compiled, only the pixels the resize samples are read and converted."""
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    y_pitch, u_at, v_at, c_pitch, c_step = layout.unbind()
+    rows, cols = torch.arange(h, device=frames.device), torch.arange(w, device=frames.device)
+    luma = rows[:, None] * y_pitch + cols
+    chroma = rows[:ch, None] * c_pitch + cols[:cw] * c_step
+    y, u, v = frames[:, luma], frames[:, u_at + chroma], frames[:, v_at + chroma]
     return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype)
 
 
-def packed_rgb_to_input(frames: torch.Tensor, h: int, w: int, prep: "Preprocessing",
-                        out_dtype: torch.dtype) -> torch.Tensor:
-    """(n, frame bytes) uint8, each row an H x W x 3 RGB frame -> model input."""
-    return preprocess(frames.view(frames.shape[0], h, w, 3), prep, out_dtype)
-
-
-CONVERSIONS = (packed_yuv_to_input, nv12_to_input, packed_rgb_to_input)
 RECOMPILE = "fail_on_recompile"  # in the message of a call that would compile once the worker runs
 
 
 class InputMaker:
     """Turns decoded frames, wherever they were decoded, into model input (n, 3, S, S) in
     the model's dtype on the model's device: a decoder process's packed frames (copied to
-    the GPU from its pinned buffer on a side stream) or NVDEC's NV12 surfaces. With
-    `compile`, each of the three CONVERSIONS is one torch.compile'd graph over dynamic
-    shapes, compiled by `warm_up`: nothing in a dataset (sizes, colours, rotations, which
-    decoder) compiles another. Batches of one frame are doubled (a dimension of size 1 is
-    one a compiled graph specialises on). Should a call need a graph after all once the
+    the GPU from its pinned buffer on a side stream) or NVDEC's NV12 surfaces.
+
+    With `compile`, the YUV conversion (nearly every frame) is one torch.compile'd graph over
+    dynamic shapes, compiled by `warm_up`: nothing in a dataset (sizes, colours, rotations,
+    which decoder) compiles another. Batches of one frame are doubled (a dimension of size 1
+    is one a compiled graph specialises on). Should a call need a graph after all once the
     worker runs (torch.compiler stance fail_on_recompile: no thread ever waits for a
-    compilation), it runs eagerly instead, and `fallbacks` says why."""
+    compilation), it runs eagerly instead, and `fallbacks` says why. Frames FFmpeg made RGB
+    on the CPU (10-bit, 4:2:2, 4:4:4, odd heights: decode.color) take an eager resize, which
+    costs no compilation at start-up."""
 
     def __init__(self, device: torch.device, prep: "Preprocessing", dtype: torch.dtype, compile: bool):
         self.device, self.prep, self.dtype = device, prep, dtype
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.compiled = compile
-        self.convert = {f: (torch.compile(f, dynamic=True) if compile else f) for f in CONVERSIONS}
-        self.params: dict = {}  # YuvToRgb -> its conversion_params on the device
-        self.fallbacks: dict[str, str] = {}  # conversion -> why it last ran eagerly
+        self.yuv = torch.compile(yuv_to_input, dynamic=True) if compile else yuv_to_input
+        self.on_device: dict = {}  # colour conversions and plane layouts as tensors on the device, by value
+        self.fallbacks: dict[str, str] = {}  # why a conversion last ran eagerly
         self.fallback_calls = 0
 
-    def _run(self, conversion, frames: torch.Tensor, *args) -> torch.Tensor:
+    def _tensor(self, key, values) -> torch.Tensor:
+        t = self.on_device.get(key)
+        if t is None:
+            t = self.on_device[key] = torch.tensor(values, dtype=torch.int64, device=self.device)
+        return t
+
+    def _yuv(self, frames: torch.Tensor, h: int, w: int, layout: tuple, colour, turns: int) -> torch.Tensor:
         one = self.compiled and frames.shape[0] == 1
         if one:
             frames = torch.cat([frames, frames])
+        if colour not in self.on_device:
+            self.on_device[colour] = conversion_params(colour, self.device)
+        args = (frames, h, w, self._tensor(layout, layout), self.on_device[colour], transposed(self.prep, turns),
+                self.dtype)
         try:
-            x = self.convert[conversion](frames, *args)
+            x = self.yuv(*args)
         except RuntimeError as e:
             if RECOMPILE not in str(e):
                 raise
             self.fallback_calls += 1
-            self.fallbacks[conversion.__name__] = " ".join(str(e).split())[:400]
-            x = conversion(frames, *args)
-        return x[:1] if one else x
+            self.fallbacks["yuv_to_input"] = " ".join(str(e).split())[:400]
+            x = yuv_to_input(*args)
+        return upright(x[:1] if one else x, turns)
 
-    def colour_params(self, colour) -> torch.Tensor:
-        params = self.params.get(colour)
-        if params is None:
-            params = self.params[colour] = conversion_params(colour, self.device)
-        return params
+    # The public methods run in inference mode whoever calls them: the compiled graph's
+    # guards hold for inference tensors without autograd (anything else would compile anew).
 
+    @torch.inference_mode()
     def from_host(self, host: torch.Tensor, count: int, info: VideoInfo, colour) -> tuple[torch.Tensor, object]:
         """`count` packed frames in host memory (YUV converted with `colour`, or RGB when
         colour is None) -> (model input, the CUDA event after which the host memory may be
@@ -158,46 +162,41 @@ class InputMaker:
             compute.wait_stream(self.copy_stream)
             frames.record_stream(compute)
         else:
-            frames = host
+            frames = host.clone()  # (an inference tensor, as on the GPU)
         return self.from_frames(frames.view(count, -1), info, colour), copied
 
+    @torch.inference_mode()
     def from_frames(self, frames: torch.Tensor, info: VideoInfo, colour) -> torch.Tensor:
         """(n, frame bytes) uint8, each row one packed frame (Y, U, V planes, or RGB)."""
         h, w = info.coded_size
-        prep = transposed(self.prep, info.turns)
         if colour is None:
-            x = self._run(packed_rgb_to_input, frames, h, w, prep, self.dtype)
-        else:
-            x = self._run(packed_yuv_to_input, frames, h, w, self.colour_params(colour), prep, self.dtype)
-        return upright(x, info.turns)
+            rgb = frames.reshape(frames.shape[0], h, w, 3)
+            return upright(preprocess(rgb, transposed(self.prep, info.turns), self.dtype), info.turns)
+        return self._yuv(frames, h, w, plane_layout(True, h, w), colour, info.turns)
 
+    @torch.inference_mode()
     def from_nv12(self, batch: torch.Tensor, info: VideoInfo) -> torch.Tensor:
         """NVDEC's NV12 frames (n, rows, pitch): the luma plane (surface height rows, then
         the interleaved chroma plane) may be taller and wider than the picture."""
         h, w = info.coded_size
-        if batch.storage_offset() or not batch.is_contiguous():
-            batch = batch.clone(memory_format=torch.contiguous_format)
-        x = self._run(nv12_to_input, batch, h, w, self.colour_params(info.colour), transposed(self.prep, info.turns),
-                      self.dtype)
-        return upright(x, info.turns)
+        n, rows, pitch = batch.shape
+        return self._yuv(batch.reshape(n, rows * pitch), h, w, plane_layout(False, h, w, rows, pitch), info.colour,
+                         info.turns)
 
     @torch.inference_mode()
-    def warm_up(self, size: tuple[int, int] = (360, 640), frames: int = 8, nv12: Optional[bool] = None):
-        """Compiles each conversion now (start-up) rather than on the first video: one graph
-        each, whatever the videos (dynamic shapes; the colour conversion is data). At a
-        typical size, since the kernels' launch settings are tuned on the first call; with
-        the turned preprocessing too where the model's input is not square. `nv12`: the NVDEC
-        conversion too (default: on a GPU)."""
+    def warm_up(self, size: tuple[int, int] = (360, 640), frames: int = 8):
+        """Compiles the YUV conversion now (start-up) rather than on the first video: one
+        graph, whatever the videos. At a typical size, since the kernels' launch settings are
+        tuned on the first call; the turned preprocessing too where the model's input is not
+        square."""
+        if not self.compiled:
+            return
         h, w = size
         colour = YuvToRgb("bt709")
         for turns in ((0, 1) if self.prep.size[0] != self.prep.size[1] else (0,)):
             info = VideoInfo(frames, 30.0, *((w, h) if turns else (h, w)), rotation=90 * turns, colour=colour)
-            for packed in (colour, None):
-                size_bytes = packed_frame_bytes(h, w, packed)
-                self.from_frames(torch.zeros(frames, size_bytes, dtype=torch.uint8, device=self.device), info, packed)
-            if self.cuda if nv12 is None else nv12:  # a surface taller and wider than the picture, as NVDEC's often are
-                rows = (h + 16) + (h + 16 + 1) // 2
-                self.from_nv12(torch.zeros(frames, rows, w + 64, dtype=torch.uint8, device=self.device), info)
+            packed = torch.zeros(frames, packed_frame_bytes(h, w, colour), dtype=torch.uint8, device=self.device)
+            self.from_frames(packed, info, colour)
 
 
 class ClipAssembler:

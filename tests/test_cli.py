@@ -2,6 +2,8 @@ import json
 import os
 import shutil
 
+import re
+
 import numpy as np
 import pytest
 
@@ -244,6 +246,11 @@ def test_compiled_static_batches_match_eager(video_dir, tmp_path):
     compiled = run_cli(*tiny_args(video_dir, tmp_path / "compiled", "--batch_clips", "3", "--compile"), timeout=600)
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
     assert "compiled" in compiled.stdout
+    # the worker's start-up, part by part; nothing compiled once it was ready
+    parts = re.search(r"ready after [\d.]+s \(worker: ([^)]*)\)", compiled.stdout + compiled.stderr).group(1)
+    assert [p.split()[0] for p in parts.split(", ")] == ["python", "cuda", "device", "open", "decoders", "conversions",
+                                                        "load", "compile"]
+    assert "ran eagerly" not in compiled.stdout + compiled.stderr
     for f in sorted((tmp_path / "eager").glob("*.npy")):
         np.testing.assert_allclose(np.load(tmp_path / "compiled" / f.name), np.load(f), rtol=1e-4, atol=1e-5)
 

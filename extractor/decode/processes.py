@@ -65,12 +65,18 @@ class CpuDecoder:
             os.close(fd)
         self.conn = Connection(mine.detach())
         self.host = torch.frombuffer(self.mapping, dtype=torch.uint8)
-        self.pinned = cuda and pin(self.host)
+        self.pinned = False  # pin_buffer: until then copies to the GPU work, staged by the driver
         self.send_lock = threading.Lock()
         self.job = None  # the VideoJob it decodes (or probes), None when idle
         self.last_moved = time.monotonic()  # when it last sent something or got space back
         self.held = 0  # chunks of its buffer that the worker has not given back yet
         self.hung_reason: Optional[str] = None  # set when the watchdog kills it
+
+    def pin_buffer(self) -> bool:
+        """Pins the shared buffer for the GPU (a second or so for 48 MiB on an H200's virtual
+        machine: FrameSource does it beside the worker's start-up, not in its way)."""
+        self.pinned = self.pinned or pin(self.host)
+        return self.pinned
 
     def send(self, msg) -> bool:
         try:

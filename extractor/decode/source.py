@@ -46,6 +46,7 @@ QUEUED_SECONDS = 0.25
 # workers that top their holdings up to the same horizon run out of work together.
 HELD_SECONDS = 8.0
 START_CLIPS = 1024
+PROBER_BUFFER_BYTES = 1 << 20
 
 
 class FrameSource:
@@ -80,10 +81,13 @@ class FrameSource:
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
+        self.pinner: Optional[threading.Thread] = None
         self.cpu = [self._start_decoder(i) for i in range(plan.cpu_decoders)]
-        if self.cuda and not all(d.pinned for d in self.cpu):
-            report({"type": "warning", "video": None, "msg": "CUDA would not pin the decoders' shared buffers: "
-                                                              "copies to the GPU are staged (slower)"})
+        # Pinning the buffers took about 5 s of the worker's start-up (H200, 2026-12-04): a
+        # thread does it while the model loads and compiles (cudaHostRegister drops the GIL).
+        self.pinner = threading.Thread(target=self._pin_buffers, args=(list(self.cpu),), daemon=True, name="pin")
+        if self.cuda:
+            self.pinner.start()
         self.prober: Optional[CpuDecoder] = None
         self.probing: list = []  # jobs waiting for, or in, the prober
         self.sessions: list = []
@@ -126,9 +130,16 @@ class FrameSource:
         it) has completed; at once when there is no copy in flight."""
         self.returns.put((copied, decoder, offset))
 
+    def _pin_buffers(self, decoders: list):
+        if not all([d.pin_buffer() for d in decoders]):
+            self.report({"type": "warning", "video": None, "msg": "CUDA would not pin the decoders' shared buffers: "
+                                                                   "copies to the GPU are staged (slower)"})
+
     def close(self):
         """Stops everything within seconds, also when the main thread stops early (an error)."""
         self.stopping = True
+        if self.pinner is not None and self.pinner.is_alive():
+            self.pinner.join()  # (a buffer is unpinned when its decoder stops)
         self._wake()
         self.thread.join(timeout=10)
         for s in self.sessions:
@@ -226,8 +237,13 @@ class FrameSource:
             pass
 
     def _start_decoder(self, index: int) -> CpuDecoder:
-        reader = "pyav" if index < 0 else self.plan.reader
-        return CpuDecoder(index, reader, self.plan.buffer_bytes, self.cuda)
+        """A decoder process; the prober (index -1) writes no frames: a small buffer, never pinned."""
+        if index < 0:
+            return CpuDecoder(index, "pyav", PROBER_BUFFER_BYTES, False)
+        decoder = CpuDecoder(index, self.plan.reader, self.plan.buffer_bytes, self.cuda)
+        if self.cuda and self.pinner is not None and self.pinner.ident is not None:  # one started later, in place of one that died
+            decoder.pin_buffer()
+        return decoder
 
     def _give_back_loop(self):
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -76,9 +77,21 @@ def one_visible_gpu(local_rank: int) -> bool:
     return True
 
 
+def process_start_time() -> Optional[float]:
+    """When this process started (wall clock, Linux /proc), or None."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, conn, cpu_threads: int):
     """A worker, in a child process: claims videos from its supervisor over `conn` and runs
     the pipeline on them."""
+    t_main = time.time()
     _die_with_parent()
     dump_stacks_on_sigusr1()
     send_lock, claim_lock, ready = threading.Lock(), threading.Lock(), threading.Event()
@@ -112,7 +125,11 @@ def worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, con
             device = torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        run_worker(cfg, device, claim, report, cpu_budget=cpu_threads)
+            torch.cuda.init()
+        started = process_start_time()
+        startup = {"python": t_main - started} if started is not None and started <= t_main else {}
+        startup["cuda"] = time.time() - t_main
+        run_worker(cfg, device, claim, report, cpu_budget=cpu_threads, startup=startup)
         send(("exit",))
     except Exception as e:
         where = traceback.extract_tb(e.__traceback__)[-1]
