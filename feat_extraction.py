@@ -235,11 +235,13 @@ def resolve(args: argparse.Namespace, launcher=None):
         decode_buffer_bytes=args.decode_buffer_mb << 20, segment_frames=args.segment_frames,
         normalize=args.normalize,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
-        lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s, data_path=args.data_path)
+        lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s, data_path=args.data_path,
+        verbose=args.verbose)
     try:
         backbone = open_backbone(args.model_type, args.ckpt_path, cfg.backbone_options())
     except CheckpointError as e:
         raise UsageError(str(e)) from None
+    cfg.preprocessing = backbone.preprocessing  # (a worker compiles its frame conversion before it opens the checkpoint)
     try:
         args.save_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -9,6 +9,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -54,6 +55,8 @@ class RunConfig:
     chunk_frames: int = 32  # frames per decoded chunk, at most
     segment_frames: int = 1500  # a video of twice as many frames or more is decoded in segments (0: never)
     normalize: Optional[str] = None  # None: the backbone's default
+    preprocessing: Optional[object] = None  # the backbone's (backbones.Preprocessing), where known before it opens
+    verbose: bool = False  # other libraries' own warnings reach the terminal (--verbose)
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
     prefix: str = ""
     suffix: str = ""
@@ -170,29 +173,32 @@ def set_tf32(allow: bool) -> None:
 
 
 class WeightsLoader(threading.Thread):
-    """Puts a backbone's weights on the device (backbone.build) beside the worker's main
-    thread, which meanwhile compiles the frame conversion: reading the checkpoint and
-    copying it to the GPU release the GIL."""
+    """Opens the checkpoint (unless `backbone` is open already) and puts its weights on the
+    device (backbone.build) beside the worker's main thread, which meanwhile compiles the
+    frame conversion: reading the checkpoint and copying it to the GPU release the GIL."""
 
-    def __init__(self, backbone: Backbone, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: RunConfig, backbone: Optional[Backbone], device: torch.device):
         super().__init__(daemon=True, name="weights")
-        self.backbone, self.device, self.dtype = backbone, device, dtype
+        self.cfg, self.backbone, self.device = cfg, backbone, device
         self.clip_features, self.error = None, None
         self.start()
 
     def run(self):
         try:
-            self.clip_features = self.backbone.build(self.device, self.dtype)
+            if self.backbone is None:
+                self.backbone = open_backbone(self.cfg.model_type, self.cfg.ckpt_path, self.cfg.backbone_options())
+            self.clip_features = self.backbone.build(self.device, DTYPES[self.cfg.dtype])
             if self.device.type == "cuda":  # (this thread's stream is not the main thread's)
                 torch.cuda.current_stream(self.device).synchronize()
         except BaseException as e:  # handed to the main thread
             self.error = e
 
-    def result(self):
+    def result(self) -> tuple[Backbone, object]:
+        """(the backbone, its clip function on the device), once loaded."""
         self.join()
         if self.error is not None:
             raise self.error
-        return self.clip_features
+        return self.backbone, self.clip_features
 
 
 def compile_blocks(module: torch.nn.Module) -> int:
@@ -386,6 +392,8 @@ def run_worker(cfg: RunConfig, device: torch.device, claim: Claim, report: Repor
     tensor's free recorded an event on a destroyed context: 'terminate called ... context
     is destroyed', SIGABRT, in 2 of 11 runs on an H200)."""
     t0 = time.perf_counter()
+    if not cfg.verbose:  # inductor's advice on an fp32 run (the user asked for exact fp32)
+        warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")
     plan = plan_decoding(cfg, device, cpu_budget)
     green = None  # the green context the model runs in (held until every tensor is freed), leaving SMs to NVDEC
     if plan.nvdec_sms:
@@ -429,12 +437,15 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         startup[part] = startup.get(part, 0.0) + (time.perf_counter() - t0 if seconds is None else seconds)
         t0 = time.perf_counter()
 
-    lap("device")  # the green context
-    if backbone is None:  # a spawned worker opens the checkpoint itself
+    lap("device")  # the decoding plan and the green context
+    # A spawned worker opens the checkpoint itself, beside its main thread when it knows the
+    # backbone's preprocessing already (cfg.preprocessing: process 0 opened it before).
+    if backbone is None and cfg.preprocessing is None:
         backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
-    lap("open")
-    weights = WeightsLoader(backbone, device, DTYPES[cfg.dtype])
-    maker = InputMaker(device, backbone.preprocessing, DTYPES[cfg.dtype], cfg.compile)
+        lap("open")
+    weights = WeightsLoader(cfg, backbone, device)
+    maker = InputMaker(device, backbone.preprocessing if backbone else cfg.preprocessing, DTYPES[cfg.dtype],
+                       cfg.compile)
     # The decoder processes start now and fill their buffers while the model compiles;
     # NVDEC sessions, which run compiled conversions in this process, once it has.
     source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,
@@ -445,8 +456,8 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         if cfg.compile:
             maker.warm_up()  # (compiles the conversion while the weights load)
             lap("conversions")
-        clip_features = weights.result()
-        lap("load")  # what loading the weights took beyond the conversion's compilation
+        backbone, clip_features = weights.result()
+        lap("load")  # what opening the checkpoint and loading the weights took beyond the conversion's compilation
         engine = Engine(cfg, device, report, backbone, clip_features)
         lap("compile", engine.compile_s)
         if cfg.compile:
@@ -464,6 +475,7 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         memory = MemoryWatch(source)
         memory.start()
     except BaseException:
+        weights.join()  # (no tensor may arrive on the device once teardown has begun)
         source.close()
         raise
     pending: list[tuple[VideoJob, int, torch.Tensor]] = []  # clips waiting for a batch

@@ -119,20 +119,19 @@ class InputMaker:
         self.fallbacks: dict[str, str] = {}  # why a conversion last ran eagerly
         self.fallback_calls = 0
 
-    def _tensor(self, key, values) -> torch.Tensor:
+    def _on_device(self, key, make) -> torch.Tensor:
         t = self.on_device.get(key)
         if t is None:
-            t = self.on_device[key] = torch.tensor(values, dtype=torch.int64, device=self.device)
+            t = self.on_device[key] = make()
         return t
 
     def _yuv(self, frames: torch.Tensor, h: int, w: int, layout: tuple, colour, turns: int) -> torch.Tensor:
         one = self.compiled and frames.shape[0] == 1
         if one:
             frames = torch.cat([frames, frames])
-        if colour not in self.on_device:
-            self.on_device[colour] = conversion_params(colour, self.device)
-        args = (frames, h, w, self._tensor(layout, layout), self.on_device[colour], transposed(self.prep, turns),
-                self.dtype)
+        layout_t = self._on_device(layout, lambda: torch.tensor(layout, dtype=torch.int64, device=self.device))
+        params = self._on_device(colour, lambda: conversion_params(colour, self.device))
+        args = (frames, h, w, layout_t, params, transposed(self.prep, turns), self.dtype)
         try:
             x = self.yuv(*args)
         except RuntimeError as e:

@@ -131,9 +131,13 @@ class FrameSource:
         self.returns.put((copied, decoder, offset))
 
     def _pin_buffers(self, decoders: list):
-        if not all([d.pin_buffer() for d in decoders]):
-            self.report({"type": "warning", "video": None, "msg": "CUDA would not pin the decoders' shared buffers: "
-                                                                   "copies to the GPU are staged (slower)"})
+        for d in decoders:
+            if self.stopping:  # (a short run: closing need not wait for the rest)
+                return
+            if not d.pin_buffer():
+                self.report({"type": "warning", "video": None, "msg": "CUDA would not pin the decoders' shared "
+                                                                       "buffers: copies to the GPU are staged (slower)"})
+                return
 
     def close(self):
         """Stops everything within seconds, also when the main thread stops early (an error)."""

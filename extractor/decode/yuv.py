@@ -16,11 +16,12 @@ def conversion_params(conversion: YuvToRgb, device=None) -> torch.Tensor:
     return torch.tensor([*kernel_constants(conversion), int(conversion.interlaced)], dtype=torch.int32, device=device)
 
 
-def chroma_rows(height: int, interlaced, device) -> torch.Tensor:
+def chroma_rows(height: int, interlaced: torch.Tensor, device) -> torch.Tensor:
     """For each luma row, the chroma row FFmpeg pairs it with (kept inside the chroma plane
-    for the heights FFmpeg converts otherwise). `interlaced`: a bool, or a tensor of one."""
+    for the heights FFmpeg converts otherwise). `interlaced`: a tensor, nonzero for frames
+    converted field by field."""
     rows = torch.arange(height, device=device)
-    rows = torch.where(torch.as_tensor(interlaced, device=device) != 0, (rows // 4) * 2 + rows % 2, rows // 2)
+    rows = torch.where(interlaced != 0, (rows // 4) * 2 + rows % 2, rows // 2)
     return rows.clamp(max=(height + 1) // 2 - 1)
 
 
