@@ -30,16 +30,22 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare(test_dir: Path, ref_dir: Path) -> dict:
-    cos, rel, files = [], [], 0
+    """Per-clip cosine and relative error of every feature file of `ref_dir` against
+    `test_dir`'s; files missing there, or of another shape, are listed (`missing`)."""
+    cos, rel, missing, worst = [], [], [], {}
     for ref_file in sorted(ref_dir.glob("*.npy")):
-        a, b = np.load(test_dir / ref_file.name), np.load(ref_file)
-        assert a.shape == b.shape, (ref_file.name, a.shape, b.shape)
+        other = test_dir / ref_file.name
+        a, b = (np.load(other) if other.exists() else None), np.load(ref_file)
+        if a is None or a.shape != b.shape:
+            missing.append(ref_file.name if a is None else f"{ref_file.name} (shape {a.shape}, not {b.shape})")
+            continue
         cos.append(cosine_rows(a, b))
         rel.append(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1))
-        files += 1
-    cos, rel = np.concatenate(cos), np.concatenate(rel)
-    return {"files": files, "clips": int(cos.size), "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-            "rel_err_max": float(rel.max()), "rel_err_mean": float(rel.mean())}
+        worst[ref_file.stem] = round(float(cos[-1].min()), 7)
+    cos, rel = (np.concatenate(x) if x else np.full(1, np.nan) for x in (cos, rel))
+    return {"files": len(worst), "clips": len(cos) if worst else 0, "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean()), "rel_err_max": float(rel.max()), "rel_err_mean": float(rel.mean()),
+            "missing": missing, "worst_files": dict(sorted(worst.items(), key=lambda kv: kv[1])[:3])}
 
 
 def agreement(got: torch.Tensor, want: np.ndarray) -> dict:

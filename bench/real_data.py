@@ -17,13 +17,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from cli import run_cli  # noqa: E402
-from fidelity import cosine_rows  # noqa: E402
+from fidelity import compare  # noqa: E402
 
 STRIDE = {"charades": 4, "hacs": 16}
 READY = re.compile(r"ready after ([\d.]+)s(?: \(worker: ([^)]*)\))?")
@@ -75,26 +73,6 @@ def one_run(name: str, data: Path, work: Path, ckpt: Path, preset: str, flags: l
             f"{r['recompiles_after_ready']}, eager calls {r['eager_calls']} | library lines {r['library_lines']} | "
             f"abnormal {abnormal or 'none'} | decoders {r['videos_by_decoder']}")
     return r
-
-
-def compare_features(test: Path, ref: Path) -> dict:
-    """Per-clip cosine of every feature file of `ref` against `test`'s (missing ones listed)."""
-    cos, missing, worst = [], [], {}
-    for ref_file in sorted(ref.glob("*.npy")):
-        other = test / ref_file.name
-        if not other.exists():
-            missing.append(ref_file.name)
-            continue
-        a, b = np.load(other), np.load(ref_file)
-        if a.shape != b.shape:
-            missing.append(f"{ref_file.name} (shape {a.shape} vs {b.shape})")
-            continue
-        c = cosine_rows(a, b)
-        cos.append(c)
-        worst[ref_file.stem] = round(float(c.min()), 7)
-    allc = np.concatenate(cos) if cos else np.zeros(0)
-    return {"clips": int(allc.size), "cos_min": float(allc.min()) if allc.size else None, "missing": missing,
-            "worst_files": dict(sorted(worst.items(), key=lambda kv: kv[1])[:3])}
 
 
 def run_real(work: Path, ckpts: dict, runs: str, logs: Path, timeout: float, say, exits: int = 0,
@@ -156,7 +134,7 @@ def awkward_fidelity(data: Path, work: Path, ckpt: Path, logs: Path, timeout: fl
         out[name] = one_run(f"fid_{name}", data, work, ckpt, "charades", flags, work / "cache_fidelity", logs,
                             timeout, say)
         if name != "reference" and "error" not in out[name] and "error" not in out["reference"]:
-            c = out[name]["vs_reference"] = compare_features(Path(out[name]["out"]), Path(out["reference"]["out"]))
+            c = out[name]["vs_reference"] = compare(Path(out[name]["out"]), Path(out["reference"]["out"]))
             say(f"    {name} vs fp32 CPU decoding (uncompiled): per-clip cosine min {c['cos_min']} over {c['clips']} "
                 f"clips; lowest files {c['worst_files']}; missing {c['missing'] or 'none'}")
     return out
