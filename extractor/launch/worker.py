@@ -78,13 +78,13 @@ def one_visible_gpu(local_rank: int) -> bool:
 
 
 def process_start_time() -> Optional[float]:
-    """When this process started (wall clock, Linux /proc), or None."""
+    """When this process started (wall clock, from Linux's /proc: its start in clock ticks
+    since boot against the uptime, both to 10 ms), or None."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return None
 
 
