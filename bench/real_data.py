@@ -75,6 +75,18 @@ def one_run(name: str, data: Path, work: Path, ckpt: Path, preset: str, flags: l
     return r
 
 
+def parse_runs(spec: str) -> list[dict]:
+    """--real: 'NAME=CORPUS:PRESET:MODEL[:warm] [FLAGS...];...' -> one dict per run."""
+    runs = []
+    for item in filter(None, (x.strip() for x in spec.split(";"))):
+        name, rest = item.split("=", 1)
+        what, *flags = rest.split()
+        corpus, preset, model, *warm = what.split(":")
+        runs.append({"name": name, "corpus": corpus, "preset": preset, "model": model, "warm": bool(warm),
+                     "flags": flags})
+    return runs
+
+
 def run_real(work: Path, ckpts: dict, runs: str, logs: Path, timeout: float, say, exits: int = 0,
              fidelity: bool = False, scale: float = 1.0) -> dict:
     """`runs`: items separated by ';', each NAME=CORPUS:PRESET:MODEL[:warm] [FLAGS...] (warm:
@@ -84,7 +96,8 @@ def run_real(work: Path, ckpts: dict, runs: str, logs: Path, timeout: float, say
     nvdec in fp32, and the defaults, against fp32 CPU decoding uncompiled."""
     import subprocess
 
-    needed = {item.split("=", 1)[1].split(":")[0] for item in filter(None, runs.split(";"))}
+    runs = parse_runs(runs)
+    needed = {run["corpus"] for run in runs}
     if exits or fidelity:
         needed.add("awkward")
     corpora = {}
@@ -97,16 +110,15 @@ def run_real(work: Path, ckpts: dict, runs: str, logs: Path, timeout: float, say
             corpora[kind] = work / "corpora" / kind
             say(f"corpus {kind}: {len(list(corpora[kind].iterdir()))} files")
     results, caches, fresh = {}, {}, 0
-    for item in filter(None, (x.strip() for x in runs.split(";"))):
-        name, spec = item.split("=", 1)
-        what, *flags = spec.split()
-        corpus, preset, model, *warm = what.split(":")
-        if not warm or model not in caches:
+    for run in runs:
+        name, model = run["name"], run["model"]
+        if not run["warm"] or model not in caches:
             fresh += 1
             caches[model] = work / f"cache{fresh}"
-        results[name] = one_run(name, corpora[corpus], work, ckpts[model], preset, flags, caches[model], logs,
-                                timeout, say)
-        results[name].update(corpus=corpus, preset=preset, model=model, cache="warm" if warm else "cold")
+        results[name] = one_run(name, corpora[run["corpus"]], work, ckpts[model], run["preset"], run["flags"],
+                                caches[model], logs, timeout, say)
+        results[name].update(corpus=run["corpus"], preset=run["preset"], model=model,
+                             cache="warm" if run["warm"] else "cold")
     if fidelity:
         results["fidelity"] = awkward_fidelity(corpora["awkward"], work, ckpts["base"], logs, timeout, say)
     if exits:

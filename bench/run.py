@@ -394,10 +394,10 @@ def main():
             results[f"model_{name}"] = stage_model(checkpoint(work, a.quick, name), dev, a.quick)
         model = results.get("model_base")
     if "real" in stages:
-        from real_data import run_real
+        from real_data import parse_runs, run_real
 
-        used = {item.split("=", 1)[1].split()[0].split(":")[2] for item in filter(None, a.real.split(";"))}
-        ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS if name in used | {"base"}}
+        used = {run["model"] for run in parse_runs(a.real)} | {"base"}
+        ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS if name in used}
         results["real"] = run_real(work, ckpts, a.real, a.logs, a.cli_timeout, say, a.exits, a.real_fidelity,
                                    a.real_scale)
         for corpus in filter(None, a.real_ceilings.split(",")):
