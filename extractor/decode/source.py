@@ -81,11 +81,10 @@ class FrameSource:
         self.retired: list[CpuDecoder] = []  # dead decoders whose buffers chunks may still use
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
-        self.pinner: Optional[threading.Thread] = None
+        # A thread pins the decoders' buffers while the model loads and compiles
+        # (cudaHostRegister drops the GIL; about 5 s for nine buffers on an H200, 2026-12-04).
+        self.pinner = threading.Thread(target=self._pin_buffers, daemon=True, name="pin")
         self.cpu = [self._start_decoder(i) for i in range(plan.cpu_decoders)]
-        # Pinning the buffers took about 5 s of the worker's start-up (H200, 2026-12-04): a
-        # thread does it while the model loads and compiles (cudaHostRegister drops the GIL).
-        self.pinner = threading.Thread(target=self._pin_buffers, args=(list(self.cpu),), daemon=True, name="pin")
         if self.cuda:
             self.pinner.start()
         self.prober: Optional[CpuDecoder] = None
@@ -130,8 +129,8 @@ class FrameSource:
         it) has completed; at once when there is no copy in flight."""
         self.returns.put((copied, decoder, offset))
 
-    def _pin_buffers(self, decoders: list):
-        for d in decoders:
+    def _pin_buffers(self):
+        for d in list(self.cpu):
             if self.stopping:  # (a short run: closing need not wait for the rest)
                 return
             if not d.pin_buffer():
@@ -142,7 +141,7 @@ class FrameSource:
     def close(self):
         """Stops everything within seconds, also when the main thread stops early (an error)."""
         self.stopping = True
-        if self.pinner is not None and self.pinner.is_alive():
+        if self.pinner.is_alive():
             self.pinner.join()  # (a buffer is unpinned when its decoder stops)
         self._wake()
         self.thread.join(timeout=10)
@@ -245,7 +244,7 @@ class FrameSource:
         if index < 0:
             return CpuDecoder(index, "pyav", PROBER_BUFFER_BYTES, False)
         decoder = CpuDecoder(index, self.plan.reader, self.plan.buffer_bytes, self.cuda)
-        if self.cuda and self.pinner is not None and self.pinner.ident is not None:  # one started later, in place of one that died
+        if self.cuda and self.pinner.ident is not None:  # one started later, in place of one that died
             decoder.pin_buffer()
         return decoder
 
