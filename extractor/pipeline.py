@@ -205,9 +205,9 @@ def compile_blocks(module: torch.nn.Module) -> int:
     """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
     modules of one class: a transformer's layers) in place, and returns how many. The
     blocks share one compiled graph (their parameters are its inputs), so that compiling
-    costs one block's tracing, not the whole model's: on an H200, LLaVA-ViT large compiled
-    whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s, at the same speed
-    (OPTIMIZATION_SUMMARY.md). What lies outside the blocks (patch embedding, head) runs eagerly."""
+    costs one block's tracing, not the whole model's (issue 25's H200 run: LLaVA-ViT large
+    compiled whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s). What lies
+    outside the blocks (patch embedding, head) runs eagerly."""
     blocks = [block for stack in module.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
               and len({type(b) for b in stack}) == 1 for block in stack]
     for block in blocks:

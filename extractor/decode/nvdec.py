@@ -103,7 +103,7 @@ def nvdec_cannot(info: VideoInfo) -> str:
         return "open GOP (frames decoded after a keyframe are shown before it)"
     if info.variable_rate and any(name in info.container.split(",") for name in ("matroska", "webm")):
         # PyNvVideoCodec numbers Matroska frames by time ("seek accuracy may be impacted"): on
-        # one with frames of 33 and 50 ms its features' per-clip cosine to FFmpeg's was 0.99887 (H200, 2026-12-04)
+        # one with frames of 33 and 50 ms its features differed from FFmpeg's (issue 25's H200 run)
         return "variable frame rate in Matroska/WebM"
     return ""
 

@@ -73,8 +73,8 @@ class CpuDecoder:
         self.hung_reason: Optional[str] = None  # set when the watchdog kills it
 
     def pin_buffer(self) -> bool:
-        """Pins the shared buffer for the GPU (a second or so for 48 MiB on an H200's virtual
-        machine: FrameSource does it beside the worker's start-up, not in its way)."""
+        """Pins the shared buffer for the GPU (FrameSource does it on a thread beside the
+        worker's start-up, not in its way)."""
         self.pinned = self.pinned or pin(self.host)
         return self.pinned
 

@@ -82,7 +82,7 @@ class FrameSource:
         self.failures_in_a_row = 0
         self.wake_recv, self.wake_send = Pipe(duplex=False)
         # A thread pins the decoders' buffers while the model loads and compiles
-        # (cudaHostRegister drops the GIL; about 5 s for nine buffers on an H200, 2026-12-04).
+        # (cudaHostRegister drops the GIL), off the start-up's critical path.
         self.pinner = threading.Thread(target=self._pin_buffers, daemon=True, name="pin")
         self.cpu = [self._start_decoder(i) for i in range(plan.cpu_decoders)]
         if self.cuda:
