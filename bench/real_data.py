@@ -88,16 +88,17 @@ def parse_runs(spec: str) -> list[dict]:
 
 
 def run_real(work: Path, ckpts: dict, runs: str, logs: Path, timeout: float, say, exits: int = 0,
-             fidelity: bool = False, scale: float = 1.0) -> dict:
+             fidelity: bool = False, scale: float = 1.0, also_build: tuple = ()) -> dict:
     """`runs`: items separated by ';', each NAME=CORPUS:PRESET:MODEL[:warm] [FLAGS...] (warm:
     the compile cache of the last run of that model, else a fresh one); `ckpts`: model ->
     checkpoint path. `exits`: that many short default runs (warm cache) on the awkward set's
     valid files, counting abnormal exits. `fidelity`: the awkward set through auto, cpu and
-    nvdec in fp32, and the defaults, against fp32 CPU decoding uncompiled."""
+    nvdec in fp32, and the defaults, against fp32 CPU decoding uncompiled. `also_build`:
+    corpora to build though no run uses them (for the decode ceilings)."""
     import subprocess
 
     runs = parse_runs(runs)
-    needed = {run["corpus"] for run in runs}
+    needed = {run["corpus"] for run in runs} | set(also_build)
     if exits or fidelity:
         needed.add("awkward")
     corpora = {}
@@ -164,7 +165,7 @@ def repeated_runs(awkward: Path, work: Path, ckpt: Path, logs: Path, timeout: fl
     tally = {k: 0 for k in ABNORMAL}
     bad_runs, codes = [], []
     for i in range(count):
-        r = one_run(f"exit{i:02d}", data, work, ckpt, "charades", [], cache, logs, timeout, lambda s: None)
+        r = one_run(f"exit{i:02d}", data, work, ckpt, "charades", [], cache, logs, timeout, say)
         codes.append(r.get("exit_code"))
         signs = {k: r.get(k, 0) for k in ABNORMAL if r.get(k)}
         if signs or "error" in r:

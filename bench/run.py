@@ -399,7 +399,7 @@ def main():
         used = {run["model"] for run in parse_runs(a.real)} | {"base"}
         ckpts = {name: checkpoint(work, a.quick, name) for name in MODELS if name in used}
         results["real"] = run_real(work, ckpts, a.real, a.logs, a.cli_timeout, say, a.exits, a.real_fidelity,
-                                   a.real_scale)
+                                   a.real_scale, tuple(filter(None, a.real_ceilings.split(","))))
         for corpus in filter(None, a.real_ceilings.split(",")):
             videos = sorted((work / "corpora" / corpus).iterdir())
             say(f"{corpus}: decode ceiling with conversions ({len(videos)} videos)")
