@@ -165,7 +165,7 @@ def resolve(args: argparse.Namespace, launcher=None):
 
     from extractor.backbones import open_backbone
     from extractor.checkpoints import CheckpointError
-    from extractor.pipeline import RunConfig
+    from extractor.config import RunConfig
     from extractor.video import VIDEO_EXTENSIONS
 
     if args.demo:
@@ -260,7 +260,7 @@ def decoding_plan(cfg, group) -> str:
 
     device = torch.device(cfg.device, 0) if cfg.device == "cuda" else torch.device("cpu")
     gpu_name = gpu_name_from_nvml() if cfg.device == "cuda" else ""
-    plan = plan_decoding(cfg, device, max(1, cores_available() // group.node_workers), gpu_name or "unknown GPU")
+    plan = plan_decoding(cfg.decode_options(), device, max(1, cores_available() // group.node_workers), gpu_name or "unknown GPU")
     text = f"per worker {plan.describe()}"
     if cfg.device == "cuda" and cfg.decoder == "auto" and not plan.nvdec_sessions:
         text += f" (no NVDEC: {nvdec_available()})"

@@ -119,12 +119,12 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
 
     from extractor.launch import cores_available
     from extractor.decode.plan import plan_decoding
-    from extractor.pipeline import RunConfig
+    from extractor.config import RunConfig
 
     plans = {}
     for name, (decoder, processes) in ceiling_plans(spec).items():
         cfg = RunConfig(save_path=Path("."), ckpt_path=Path("."), decoder=decoder, cpu_decoders=processes)
-        plan = plan_decoding(cfg, dev, cores_available())
+        plan = plan_decoding(cfg.decode_options(), dev, cores_available())
         if decoder != "cpu" and not plan.nvdec_sessions:
             continue
         plans[name] = plan
@@ -148,7 +148,8 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
 
 
 def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
-    from extractor.pipeline import Engine, RunConfig
+    from extractor.config import RunConfig
+    from extractor.pipeline import Engine
 
     cuda = dev.type == "cuda"
     cfg = RunConfig(save_path=Path("."), ckpt_path=ckpt, model_name="auto", device=dev.type,

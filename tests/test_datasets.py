@@ -15,7 +15,7 @@ from conftest import claimed_videos, run_cli, tiny_args
 from extractor.demo import write_video
 from extractor.launch import RunSummary, Supervisor, local_group, run_group
 from extractor.outputs import read_manifest
-from extractor.pipeline import RunConfig
+from extractor.config import RunConfig
 from extractor.progress import Progress, RunLog
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
@@ -307,7 +307,7 @@ def test_a_video_written_before_its_worker_was_lost_counts_as_done(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from feat_extraction import keep_written_before_loss
     from extractor.outputs import Manifest, read_manifest, save_features
-    from extractor.pipeline import RunConfig
+    from extractor.config import RunConfig
 
     cfg = RunConfig(save_path=tmp_path, ckpt_path=tmp_path / "none")
     for name in ("v0", "v1"):

@@ -1,20 +1,18 @@
 """How a worker decodes, sized from the machine: decoder processes from the cores, NVDEC
 sessions from the GPU's engines, and the SMs the model leaves to NVDEC."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from extractor.decode import nvdec, plan
-from extractor.pipeline import RunConfig
 
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-def config(**kw) -> RunConfig:
-    return RunConfig(save_path=Path("."), ckpt_path=Path("."), **kw)
+def config(**kw) -> plan.DecodeOptions:
+    return plan.DecodeOptions(**kw)
 
 
 @pytest.fixture

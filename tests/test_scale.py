@@ -15,7 +15,7 @@ from conftest import ROOT, claimed_videos, cli_command, cli_env, free_port, run_
 from extractor.demo import write_video
 from extractor.launch import RunSummary, local_group, order_longest_first, run_group
 from extractor.outputs import read_manifest
-from extractor.pipeline import RunConfig
+from extractor.config import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from extractor.backbones import Preprocessing
 from extractor.decode.color import YuvToRgb
 from extractor.decode.common import VideoInfo, packed_frame_bytes
 from extractor.model import LlavaViT, ViTConfig
-from extractor.pipeline import RunConfig, compile_blocks, run_worker
+from extractor.config import RunConfig
+from extractor.pipeline import compile_blocks, run_worker
 from extractor.video import RECOMPILE, InputMaker
 
 

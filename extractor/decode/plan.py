@@ -4,20 +4,29 @@ to be decoded in segments, chosen from the machine (plan_decoding) or by flags."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .nvdec import engines_of, nvdec_available, sessions_for
-
-if TYPE_CHECKING:
-    from ..pipeline import RunConfig
 
 # At the tail of the queue (fewer videos left per worker than the worker has decoders) a
 # video is split into segments this many times shorter, so that a worker's decoders, fast
 # NVDEC sessions and slower CPU processes alike, run out of work together rather than
 # waiting for whichever took the last whole video.
 TAIL_SPLIT = 6
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The decoding flags (RunConfig.decode_options): 0 leaves a number to the machine."""
+    decoder: str = "auto"  # auto, cpu, decord or nvdec
+    cpu_decoders: int = 0
+    nvdec_sessions: int = 0
+    nvdec_sms: int = 4
+    num_threads: int = 0
+    buffer_bytes: int = 48 << 20
+    chunk_frames: int = 32
+    segment_frames: int = 1500
 
 
 @dataclass
@@ -51,7 +60,7 @@ class DecodePlan:
         return min(self.segment_frames, max(64, self.segment_frames // TAIL_SPLIT)) if tail else self.segment_frames
 
 
-def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
+def plan_decoding(opts: DecodeOptions, device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
     """How many decoder processes and NVDEC sessions a worker runs, from the machine:
     NVDEC sessions = 3 per 2 decoder engines of the GPU (H100/H200: 7 engines, 10 sessions;
     A100: 5, 7; decode.nvdec.NVDEC_ENGINES, SESSIONS_PER_ENGINE), when PyNvVideoCodec is
@@ -61,11 +70,11 @@ def plan_decoding(cfg: "RunConfig", device: torch.device, cpu_budget: int, gpu_n
     16-core H100 machine, 4 to 10 processes decoded more than 15: OPTIMIZATION_SUMMARY.md,
     2026-11-27). `gpu_name` lets the coordinator plan without CUDA."""
     sessions = 0
-    if device.type == "cuda" and cfg.decoder in ("auto", "nvdec") and not nvdec_available():
-        sessions = cfg.nvdec_sessions or sessions_for(engines_of(gpu_name or torch.cuda.get_device_name(device)))
+    if device.type == "cuda" and opts.decoder in ("auto", "nvdec") and not nvdec_available():
+        sessions = opts.nvdec_sessions or sessions_for(engines_of(gpu_name or torch.cuda.get_device_name(device)))
     cores = cpu_budget // 2 if sessions else cpu_budget - 1
-    cpu = cfg.cpu_decoders or (1 if cfg.decoder == "nvdec" else max(1, cores))
-    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, nvdec_sms=cfg.nvdec_sms if sessions else 0,
-                      reader="decord" if cfg.decoder == "decord" else "pyav", cpu_threads=cfg.num_threads,
-                      cpu_budget=cpu_budget, buffer_bytes=cfg.decode_buffer_bytes, chunk_frames=cfg.chunk_frames,
-                      cpu_claims=not (cfg.decoder == "nvdec" and sessions), segment_frames=cfg.segment_frames)
+    cpu = opts.cpu_decoders or (1 if opts.decoder == "nvdec" else max(1, cores))
+    return DecodePlan(cpu_decoders=cpu, nvdec_sessions=sessions, nvdec_sms=opts.nvdec_sms if sessions else 0,
+                      reader="decord" if opts.decoder == "decord" else "pyav", cpu_threads=opts.num_threads,
+                      cpu_budget=cpu_budget, buffer_bytes=opts.buffer_bytes, chunk_frames=opts.chunk_frames,
+                      cpu_claims=not (opts.decoder == "nvdec" and sessions), segment_frames=opts.segment_frames)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..datasets import file_sizes
-from ..pipeline import RunConfig
+from ..config import RunConfig
 from ..progress import Progress, RunLog
 from .coordinator import Coordinator
 from .group import (EventLog, Group, GroupError, join_launcher_group, launcher_environment, local_group, publish_todo,

@@ -13,7 +13,7 @@ from typing import Optional
 import torch.multiprocessing as mp
 
 from ..decode.common import exit_description
-from ..pipeline import RunConfig
+from ..config import RunConfig
 from .group import EventLog, Group
 from .worker import cores_available, worker_main
 

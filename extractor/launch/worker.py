@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 
-from ..pipeline import RunConfig, run_worker
+from ..config import RunConfig
+from ..pipeline import run_worker
 
 
 def cores_available() -> int:
