@@ -28,11 +28,11 @@ def read_samples(path: Path):
     return argv, stacks, samples
 
 
-def inclusive(stacks, samples, thread: str, until: float, period: float) -> collections.Counter:
-    """Seconds per function of `thread`'s busy samples before `until` (idle waits left out)."""
+def inclusive(stacks, samples, thread: str, since: float, until: float, period: float) -> collections.Counter:
+    """Seconds per function of `thread`'s busy samples from `since` to `until` (idle waits left out)."""
     seconds: collections.Counter = collections.Counter()
     for t, name, i in samples:
-        if name != thread or t > until or (stacks[i] and stacks[i][-1] in IDLE):
+        if name != thread or not since <= t <= until or (stacks[i] and stacks[i][-1] in IDLE):
             continue
         for frame in set(stacks[i]):
             seconds[frame] += period
@@ -42,7 +42,9 @@ def inclusive(stacks, samples, thread: str, until: float, period: float) -> coll
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--until", type=float, default=60.0, help="seconds of sampling to read")
+    ap.add_argument("--since", type=float, default=0.0, help="seconds into the sampling to read from")
+    ap.add_argument("--until", type=float, default=60.0, help="seconds into the sampling to read to")
+    ap.add_argument("--last", type=float, default=0.0, help="read only the last this many seconds of each process")
     ap.add_argument("--threads", default="MainThread,weights")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--match", default="pipeline.py", help="only processes whose stacks name this file")
@@ -53,10 +55,12 @@ def main():
             continue
         times = sorted({t for t, _, _ in samples})
         period = (times[-1] - times[0]) / max(1, len(times) - 1) if len(times) > 1 else 0.01
-        print(f"== {path.name} ({argv[:100]}): {len(times)} samples, one per {period * 1e3:.1f} ms")
+        since, until = (times[-1] - args.last, times[-1]) if args.last else (args.since, args.until)
+        print(f"== {path.name} ({argv[:100]}): {len(times)} samples over {times[-1]:.1f}s, one per "
+              f"{period * 1e3:.1f} ms; reading {since:.1f}-{until:.1f}s")
         for thread in args.threads.split(","):
-            seconds = inclusive(stacks, samples, thread, args.until, period)
-            print(f"-- {thread}: busy {max(seconds.values(), default=0):.2f}s of the first {args.until:.0f}s")
+            seconds = inclusive(stacks, samples, thread, since, until, period)
+            print(f"-- {thread}: busy {max(seconds.values(), default=0):.2f}s")
             for frame, s in seconds.most_common(args.top):
                 print(f"   {s:7.2f}s  {frame}")
 
