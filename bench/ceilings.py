@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extractor.decode.plan import DecodePlan  # noqa: E402
 from extractor.decode.source import FrameSource  # noqa: E402
-from extractor.pipeline import VideoJob  # noqa: E402
+from extractor.decode.job import DecodeJob  # noqa: E402
 
 
 class SurfacesOnly:
@@ -39,7 +39,7 @@ def modelless_source(videos: list[Path], plan: DecodePlan, clip_len: int, stride
         with lock:
             return (todo.pop(0), None, None) if todo else None
 
-    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, VideoJob, device,
+    source = FrameSource(plan, clip_len, stride, 600.0, claim, lambda ev: None, DecodeJob, device,
                          maker or SurfacesOnly())
     source.clip_budget = float("inf")
     return source

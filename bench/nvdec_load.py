@@ -5,7 +5,7 @@ NVDEC sessions (threads, as in the pipeline: PyNvVideoCodec SimpleDecoder, nativ
 device memory, one high-priority stream each, the frames stacked out of the surfaces)
 decode the corpus for a few seconds with the GPU idle, and while another thread keeps
 matrix products queued: on a side stream, on the legacy default stream, or confined to N
-SMs by a green context (what the worker does: decode.nvdec.leave_sms_to_nvdec). Runs in a
+SMs by a green context (what the worker does: decode.gpu.leave_sms_to_nvdec). Runs in a
 child process: PyAV's FFmpeg must not load beside PyNvVideoCodec's.
 
   python bench/run.py WORK --stages nvdec_load --corpora hacs"""
@@ -46,7 +46,8 @@ def measure(videos, sessions, seconds, load_stream):
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from extractor.decode.nvdec import current_context_handle, green_stream, nv12_batch
+    from extractor.decode.gpu import green_stream
+    from extractor.decode.nvdec import current_context_handle, nv12_batch
 
     dev = torch.device("cuda", 0)
     ctx = current_context_handle(dev)

@@ -36,7 +36,7 @@ class RunConfig:
     decoder: str = "auto"
     cpu_decoders: int = 0  # decoder processes per worker; 0: from the cores (see plan_decoding)
     nvdec_sessions: int = 0  # NVDEC sessions per worker; 0: from the GPU's decoder engines
-    nvdec_sms: int = 4  # SMs the model leaves to NVDEC while NVDEC sessions run (decode.nvdec.leave_sms_to_nvdec)
+    nvdec_sms: int = 4  # SMs the model leaves to NVDEC while NVDEC sessions run (decode.gpu.leave_sms_to_nvdec)
     num_threads: int = 0  # FFmpeg threads per video; 0: from the load
     decode_buffer_bytes: int = 48 << 20  # shared buffer per decoder process
     chunk_frames: int = 32  # frames per decoded chunk, at most

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,9 +19,9 @@ import torch
 
 from .backbones import Backbone, open_backbone
 from .config import DTYPES, RunConfig
-from .decode.common import FrameIndex, VideoInfo
+from .decode.job import DecodeJob
 from .decode.processes import process_pss_bytes
-from .decode.nvdec import leave_sms_to_nvdec
+from .decode.gpu import leave_sms_to_nvdec
 from .decode.plan import plan_decoding
 from .decode.source import FrameSource
 from .outputs import save_features
@@ -32,46 +32,16 @@ Claim = Callable[[], Optional[Path]]
 
 
 @dataclass
-class VideoJob:
-    path: Path
-    name: str = ""  # what events and records call it: its path relative to --data_path
-    vid: int = -1  # the frame source's number for it
-    fault: Optional[str] = None  # test hook: a decoder fault to inject (launch/worker.py: injected_fault)
-    info: Optional[VideoInfo] = None
-    starts: list = field(default_factory=list)
-    needed: Optional[np.ndarray] = None  # the frame indices its clips use
-    frames_done: int = 0  # of `needed`, delivered so far
+class VideoJob(DecodeJob):
+    """A video (or a segment of one: `root` is its video) as the worker keeps it: the frame
+    source's fields (DecodeJob), and its clips on their way through the model."""
     assembler: Optional[ClipAssembler] = None
-    features: Optional[np.ndarray] = None
-    filled: int = 0
+    features: Optional[np.ndarray] = None  # (clips, width); a segment's: its rows of the video's
+    filled: int = 0  # clips whose features are back
+    launched: int = 0  # clips of it given to the model so far
     decoded: bool = False
     failed: bool = False
-    decoder: str = ""  # which decoders read it: pyav, decord, nvdec, or nvdec+pyav (some of each)
-    decoder_note: str = ""  # why NVDEC did not take it, when it did not
-    decode_s: float = 0.0
     model_s: float = 0.0
-    t_claimed: float = field(default_factory=time.perf_counter)
-    t_claim: float = 0.0  # monotonic time of the claim (the frame source paces claims with it)
-    t_decode: float = 0.0
-    t_probe: float = 0.0  # when it was sent to the prober (for NVDEC)
-    segment_frames: int = 0  # frames per segment, if it is long enough to split (DecodePlan.split_frames)
-    launched: int = 0  # clips of it given to the model so far
-    abandoned: bool = False  # a decoder died holding it (or one of its segments)
-    # A long video is decoded in segments: each is a VideoJob of its own for the frame
-    # source and the clip assembler, with `root` its video and its features rows of the
-    # video's from `first_clip` on; the video lists them in `parts`.
-    parts: list = field(default_factory=list)
-    root: Optional["VideoJob"] = None
-    first_clip: int = 0
-    start: Optional[tuple] = None  # a segment's keyframe and timestamps (FrameIndex.start_of)
-    index: Optional[FrameIndex] = None  # a split video's: where each of its frames is
-    for_nvdec: bool = False  # a segment an NVDEC session may take
-    nvdec_shift: Optional[int] = None  # a split video's NVDEC timestamps less its index's (nvdec.timestamp_shift)
-    nvdec_refused: bool = False  # NVDEC stopped on it (or one of its segments): the CPU decodes the rest
-
-    @property
-    def video(self) -> "VideoJob":
-        return self.root or self
 
     def complete(self) -> bool:
         """Every clip of the video decoded and its features back from the model."""

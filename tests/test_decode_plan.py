@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from extractor.decode import nvdec, plan
+from extractor.decode import gpu, plan
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -43,9 +43,9 @@ def test_beside_nvdec_sessions_a_worker_runs_a_decoder_process_for_every_two_cor
 def test_the_model_keeps_the_largest_multiple_of_8_sms_that_leaves_nvdec_its_share(monkeypatch, total, leave, model):
     asked, streams = [], []
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=total))
-    monkeypatch.setattr(nvdec, "green_stream", lambda device, sms: (asked.append(sms) or "context", "stream"))
+    monkeypatch.setattr(gpu, "green_stream", lambda device, sms: (asked.append(sms) or "context", "stream"))
     monkeypatch.setattr(torch.cuda, "set_stream", streams.append)
-    assert nvdec.leave_sms_to_nvdec(torch.device("cuda", 0), leave) == ("context", "")
+    assert gpu.leave_sms_to_nvdec(torch.device("cuda", 0), leave) == ("context", "")
     assert asked == [model] and streams == ["stream"]
 
 
@@ -59,8 +59,8 @@ def test_without_green_contexts_the_model_runs_on_every_sm_and_says_why(monkeypa
     def unsupported(device, sms):
         raise RuntimeError("Green Context requires user mode driver 12.8+\nmore")
 
-    monkeypatch.setattr(nvdec, "green_stream", unsupported)
-    assert nvdec.leave_sms_to_nvdec(torch.device("cuda", 0), 4) == (None, "Green Context requires user mode driver 12.8+")
+    monkeypatch.setattr(gpu, "green_stream", unsupported)
+    assert gpu.leave_sms_to_nvdec(torch.device("cuda", 0), 4) == (None, "Green Context requires user mode driver 12.8+")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=10))
-    context, why = nvdec.leave_sms_to_nvdec(torch.device("cuda", 0), 4)
+    context, why = gpu.leave_sms_to_nvdec(torch.device("cuda", 0), 4)
     assert context is None and "too few" in why and not streams

@@ -75,7 +75,7 @@ def test_variable_frame_rate_matroska_is_numbered_by_timestamp_and_kept_from_nvd
     the file; an MP4 at that rate and a constant-rate Matroska file still go to it."""
     import av
 
-    from extractor.decode.nvdec import nvdec_cannot
+    from extractor.decode.gpu import nvdec_cannot
     from extractor.decode.processes import CpuDecoder
 
     frames = synthetic_frames(30, 48, 64)

@@ -224,7 +224,8 @@ def test_a_worker_holds_about_eight_seconds_of_its_models_work():
     then its rate (clips per second of model time, however long it waited for frames)
     times HELD_SECONDS; the count of clips held goes down with launches and drops."""
     from extractor import pipeline
-    from extractor.decode.source import HELD_SECONDS, START_CLIPS, FrameSource
+    from extractor.decode.pacing import HELD_SECONDS, START_CLIPS
+    from extractor.decode.source import FrameSource
 
     class Source:
         clips_held, clip_budget, model_rate = 0, START_CLIPS, 0.0
@@ -256,7 +257,8 @@ def test_a_worker_is_short_of_frames_until_they_make_a_quarter_second_of_its_mod
     import threading
     from types import SimpleNamespace
 
-    from extractor.decode.source import QUEUED_SECONDS, FrameSource
+    from extractor.decode.pacing import QUEUED_SECONDS
+    from extractor.decode.source import FrameSource
 
     def source(stride, rate):
         return SimpleNamespace(queue=queue.Queue(), held_lock=threading.Lock(), frames_queued=0, model_rate=rate,
@@ -300,7 +302,8 @@ def test_claims_wait_for_videos_still_starting_only_until_the_models_rate_is_kno
     from types import SimpleNamespace
 
     from extractor.decode.plan import DecodePlan
-    from extractor.decode.source import STARTING, FrameSource
+    from extractor.decode.pacing import STARTING
+    from extractor.decode.source import FrameSource
     from extractor.pipeline import VideoJob
 
     def source(measured):
@@ -505,7 +508,7 @@ def test_open_gops_are_found_in_the_packets_and_kept_from_nvdec(encoded, name, l
     from types import SimpleNamespace
 
     from extractor.decode.readers import scan_packets
-    from extractor.decode.nvdec import nvdec_cannot
+    from extractor.decode.gpu import nvdec_cannot
     from extractor.decode.source import FrameSource
     from extractor.pipeline import VideoJob
 

@@ -146,7 +146,7 @@ def test_decoder_processes_run_below_the_worker_and_the_prober_does_not():
 
 
 def test_nvdec_engines_by_gpu_name():
-    from extractor.decode.nvdec import engines_of
+    from extractor.decode.gpu import engines_of
 
     assert engines_of("NVIDIA H100 80GB HBM3") == 7 and engines_of("NVIDIA A100-SXM4-80GB") == 5
     assert engines_of("some future GPU") == 1

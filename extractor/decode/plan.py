@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .nvdec import engines_of, nvdec_available, sessions_for
+from .gpu import engines_of, nvdec_available, sessions_for
 
 # At the tail of the queue (fewer videos left per worker than the worker has decoders) a
 # video is split into segments this many times shorter, so that a worker's decoders, fast
@@ -34,7 +34,7 @@ class DecodePlan:
     """How a worker decodes: chosen from the machine by `plan_decoding`, or by flags."""
     cpu_decoders: int  # decoder processes
     nvdec_sessions: int  # NVDEC sessions (threads of the worker), 0 without NVDEC
-    nvdec_sms: int = 0  # SMs the model leaves to NVDEC (nvdec.leave_sms_to_nvdec), 0: none
+    nvdec_sms: int = 0  # SMs the model leaves to NVDEC (gpu.leave_sms_to_nvdec), 0: none
     reader: str = "pyav"  # what the processes decode with: "pyav" or "decord"
     cpu_threads: int = 0  # FFmpeg threads per video; 0: from the load (more when fewer videos are open)
     cpu_budget: int = 1  # cores the worker's decoders share
@@ -63,7 +63,7 @@ class DecodePlan:
 def plan_decoding(opts: DecodeOptions, device: torch.device, cpu_budget: int, gpu_name: str = "") -> DecodePlan:
     """How many decoder processes and NVDEC sessions a worker runs, from the machine:
     NVDEC sessions = 3 per 2 decoder engines of the GPU (H100/H200: 7 engines, 10 sessions;
-    A100: 5, 7; decode.nvdec.NVDEC_ENGINES, SESSIONS_PER_ENGINE), when PyNvVideoCodec is
+    A100: 5, 7; decode.gpu.NVDEC_ENGINES, SESSIONS_PER_ENGINE), when PyNvVideoCodec is
     installed; processes = the cores of this worker's share of the node minus one (for the
     worker's own thread, which feeds the GPU; decoders run at a lower priority), or half the
     cores beside NVDEC sessions, whose threads need cores too (with 14 sessions on the

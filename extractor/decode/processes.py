@@ -14,14 +14,11 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
 import torch
 
 from .common import VideoInfo, exit_description, packed_frame_bytes
-
-if TYPE_CHECKING:
-    from .source import FrameSource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,18 +129,20 @@ def process_pss_bytes(pid) -> Optional[int]:
 
 class HostChunk:
     """Frames a decoder process wrote into its shared buffer, as the worker's main thread
-    receives them (FrameSource's "frames" events)."""
+    receives them (FrameSource's "frames" events). `give_back_after(copied, decoder, offset)`
+    hands the buffer space back once the copy out of it is done (FrameSource.give_back_after)."""
 
-    def __init__(self, source: FrameSource, decoder: CpuDecoder, offset: int, count: int, info: VideoInfo, colour):
-        self.source, self.decoder, self.offset, self.count, self.info, self.colour = \
-            source, decoder, offset, count, info, colour
+    def __init__(self, give_back_after: Callable, decoder: CpuDecoder, offset: int, count: int, info: VideoInfo,
+                 colour):
+        self.give_back_after, self.decoder, self.offset, self.count, self.info, self.colour = \
+            give_back_after, decoder, offset, count, info, colour
 
     def to_input(self, maker) -> torch.Tensor:
         nbytes = self.count * packed_frame_bytes(*self.info.coded_size, self.colour)
         host = self.decoder.host[self.offset:self.offset + nbytes]
         x, copied = maker.from_host(host, self.count, self.info, self.colour)
-        self.source.give_back_after(copied, self.decoder, self.offset)
+        self.give_back_after(copied, self.decoder, self.offset)
         return x
 
     def discard(self):
-        self.source.give_back_after(None, self.decoder, self.offset)
+        self.give_back_after(None, self.decoder, self.offset)

@@ -65,7 +65,7 @@ def one_visible_gpu(local_rank: int) -> bool:
     worker wrote serves the others (compiled for cuda:1, a second GPU's worker missed the
     cache a run on cuda:0 had written). False, and nothing changed, where the GPUs cannot be
     counted without starting CUDA."""
-    from ..decode.nvdec import gpu_count_from_nvml
+    from ..decode.gpu import gpu_count_from_nvml
 
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
