@@ -149,7 +149,7 @@ def stage_ceilings(videos: list[Path], stride: int, dev: torch.device, seconds: 
 
 def stage_model(ckpt: Path, dev: torch.device, quick: bool) -> dict:
     from extractor.config import RunConfig
-    from extractor.pipeline import Engine
+    from extractor.engine import Engine
 
     cuda = dev.type == "cuda"
     cfg = RunConfig(save_path=Path("."), ckpt_path=ckpt, model_name="auto", device=dev.type,

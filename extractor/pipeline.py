@@ -1,6 +1,7 @@
-"""One worker's engine: its frame source (decoder processes and NVDEC sessions) feeds a
-queue; the main thread turns chunks into model input on the model's device, slides clips,
-runs full batches (which may span videos) and hands finished videos to a saver thread."""
+"""One worker's run: its frame source (decoder processes and NVDEC sessions) feeds a queue;
+the main thread turns chunks into model input on the model's device, slides clips, runs
+full batches (which may span videos) on the engine (extractor/engine.py) and hands
+finished videos to a saver thread."""
 
 from __future__ import annotations
 
@@ -19,15 +20,14 @@ import torch
 
 from .backbones import Backbone, open_backbone
 from .config import DTYPES, RunConfig
-from .decode.job import DecodeJob
-from .decode.processes import process_pss_bytes
 from .decode.gpu import leave_sms_to_nvdec
+from .decode.job import DecodeJob
 from .decode.plan import plan_decoding
+from .decode.processes import process_pss_bytes
 from .decode.source import FrameSource
+from .engine import Engine, Report, WeightsLoader
 from .outputs import save_features
 from .video import RECOMPILE, ClipAssembler, InputMaker
-
-Report = Callable[[dict], None]
 Claim = Callable[[], Optional[Path]]
 
 
@@ -85,164 +85,6 @@ class Saver:
     def close(self):
         self.queue.put(None)
         self.thread.join()
-
-
-def set_tf32(allow: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-
-
-class WeightsLoader(threading.Thread):
-    """Opens the checkpoint (unless `backbone` is open already) and puts its weights on the
-    device (backbone.build) beside the worker's main thread, which meanwhile compiles the
-    frame conversion: reading the checkpoint and copying it to the GPU release the GIL."""
-
-    def __init__(self, cfg: RunConfig, backbone: Optional[Backbone], device: torch.device):
-        super().__init__(daemon=True, name="weights")
-        self.cfg, self.backbone, self.device = cfg, backbone, device
-        self.clip_features, self.error = None, None
-        self.start()
-
-    def run(self):
-        try:
-            if self.backbone is None:
-                self.backbone = open_backbone(self.cfg.model_type, self.cfg.ckpt_path, self.cfg.backbone_options())
-            self.clip_features = self.backbone.build(self.device, DTYPES[self.cfg.dtype])
-            if self.device.type == "cuda":  # (this thread's stream is not the main thread's)
-                torch.cuda.current_stream(self.device).synchronize()
-        except BaseException as e:  # handed to the main thread
-            self.error = e
-
-    def result(self) -> tuple[Backbone, object]:
-        """(the backbone, its clip function on the device), once loaded."""
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.backbone, self.clip_features
-
-
-def compile_blocks(module: torch.nn.Module) -> int:
-    """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
-    modules of one class: a transformer's layers) in place, and returns how many. The
-    blocks share one compiled graph (their parameters are its inputs), so that compiling
-    costs one block's tracing, not the whole model's (issue 25's H200 run: LLaVA-ViT large
-    compiled whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s). What lies
-    outside the blocks (patch embedding, head) runs eagerly."""
-    blocks = [block for stack in module.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
-              and len({type(b) for b in stack}) == 1 for block in stack]
-    for block in blocks:
-        block.compile(dynamic=False)
-    return len(blocks)
-
-
-class Engine:
-    """The model on one device. Batches are submitted without waiting: the features come
-    back through pinned memory behind a CUDA event, so the CPU prepares the next batch
-    while the GPU runs this one."""
-
-    def __init__(self, cfg: RunConfig, device: torch.device, report: Report, backbone: Optional[Backbone] = None,
-                 clip_features=None):
-        """`clip_features`: what backbone.build gave already (else it is built here)."""
-        self.cfg, self.device, self.report = cfg, device, report
-        if backbone is None:  # a spawned worker opens the checkpoint itself
-            backbone = open_backbone(cfg.model_type, cfg.ckpt_path, cfg.backbone_options())
-        self.width, self.preprocessing, self.description = backbone.width, backbone.preprocessing, backbone.description
-        self.dtype = DTYPES[cfg.dtype]
-        self.cuda = device.type == "cuda"
-        set_tf32(self.cuda and cfg.dtype == "tf32")
-        if clip_features is None:
-            clip_features = backbone.build(device, self.dtype)
-        self.encode = clip_features
-        if cfg.compile and not compile_blocks(backbone.module):
-            self.encode = torch.compile(clip_features)  # no stack of blocks: the whole function
-        self.eager_batches, self.fallbacks = 0, ""  # batches run eagerly once compiling was over, and why
-        self.clip_shape = (cfg.clip_len, 3, *self.preprocessing.size)  # (T, 3, H, W) per clip
-        self.batch = cfg.batch_clips
-        # A compiled model sees one input tensor, always the same shape and strides: clips
-        # are stacked into this buffer and a last partial batch runs on stale rows.
-        self.buffer: Optional[torch.Tensor] = None
-        t0 = time.perf_counter()
-        if cfg.compile:  # compile now, so that start-up is not counted as throughput
-            warm = torch.rand(self.batch, *self.clip_shape, device=device).to(self.dtype)
-            self.result(self.submit(list(warm)))
-        self.compile_s = time.perf_counter() - t0
-
-    def _forward(self, clips: list) -> torch.Tensor:
-        n = len(clips)
-        if self.cfg.compile:
-            if self.buffer is None or self.buffer.shape[0] != self.batch:
-                self.buffer = torch.zeros(self.batch, *self.clip_shape, device=self.device, dtype=self.dtype)
-            torch.stack(clips, out=self.buffer[:n])
-            x = self.buffer
-        else:
-            x = torch.stack(clips)
-        try:
-            return self.encode(x)[:n].float()
-        except RuntimeError as e:  # a graph missing once compiling is over: this batch runs eagerly
-            if RECOMPILE not in str(e):
-                raise
-            self.eager_batches += 1
-            self.fallbacks = " ".join(str(e).split())[:400]
-            with torch.compiler.set_stance("force_eager"):
-                return self.encode(x)[:n].float()
-
-    @torch.inference_mode()
-    def submit(self, clips: list) -> list:
-        """Launches clips (each (T, 3, S, S) in the model dtype) in batches of self.batch,
-        halving the batch on CUDA out-of-memory. Returns handles for `result`."""
-        handles, i = [], 0
-        while i < len(clips):
-            part = clips[i:i + self.batch]
-            try:
-                if self.cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    out = self._forward(part)
-                    end.record()
-                    host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-                    host.copy_(out, non_blocking=True)
-                    done = torch.cuda.Event()
-                    done.record()
-                    handles.append((host, done, start, end))
-                else:
-                    t0 = time.perf_counter()
-                    handles.append((self._forward(part), None, t0, time.perf_counter()))
-                i += len(part)
-            except torch.OutOfMemoryError:
-                if self.batch == 1:
-                    raise
-                self.batch, self.buffer = max(1, self.batch // 2), None
-                torch.cuda.empty_cache()
-                self.report({"type": "warning", "video": None,
-                             "msg": f"CUDA out of memory: batch halved to {self.batch} clips"})
-        return handles
-
-    def measure_rate(self, batches: int = 3) -> float:
-        """Clips per second of the device's time, from `batches` full batches of random clips
-        (run before the worker takes frames, so that its first claims know how many frames
-        keep the model busy)."""
-        clips = list(torch.rand(self.batch, *self.clip_shape, device=self.device).to(self.dtype))
-        handles = [self.submit(clips) for _ in range(batches)]
-        seconds = sum(self.result(h)[1] for h in handles)
-        return batches * len(clips) / max(seconds, 1e-9)
-
-    @staticmethod
-    def finished(handles: list) -> bool:
-        """Whether the device has finished the batches of `handles` (result will not wait)."""
-        return all(done is None or done.query() for _, done, _, _ in handles)
-
-    @staticmethod
-    def result(handles: list) -> tuple[torch.Tensor, float]:
-        """(features (n, C) float32 on the CPU, seconds the device spent on them)."""
-        outs, seconds = [], 0.0
-        for out, done, start, end in handles:
-            if done is not None:
-                done.synchronize()
-                seconds += start.elapsed_time(end) / 1e3
-            else:
-                seconds += end - start
-            outs.append(out)
-        return (outs[0] if len(outs) == 1 else torch.cat(outs)), seconds
 
 
 QUEUED_BATCHES = 2  # batches launched and not collected before the main thread waits for the device

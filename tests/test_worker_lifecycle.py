@@ -17,7 +17,8 @@ from extractor.decode.color import YuvToRgb
 from extractor.decode.common import VideoInfo, packed_frame_bytes
 from extractor.model import LlavaViT, ViTConfig
 from extractor.config import RunConfig
-from extractor.pipeline import compile_blocks, run_worker
+from extractor.engine import compile_blocks
+from extractor.pipeline import run_worker
 from extractor.video import RECOMPILE, InputMaker
 
 
