@@ -150,7 +150,7 @@ def quiet_libraries(verbose: bool) -> None:
     """PyNvVideoCodec's own logger (and FFmpeg's, inside it) take their level from LOGGER_LEVEL,
     read when it loads: FATAL keeps lines such as '[WARN ][12:00:00] Container format is
     matroska,webm. , Seek accuracy may be impacted.' off the terminal (what they warn of
-    reaches the manifest's decoder_note: decode.nvdec.nvdec_cannot). The workers and their
+    reaches the manifest's decoder_note: decode.gpu.nvdec_cannot). The workers and their
     decoder processes inherit it; a LOGGER_LEVEL the user set is kept."""
     if not verbose:
         os.environ.setdefault("LOGGER_LEVEL", "FATAL")
@@ -205,7 +205,7 @@ def resolve(args: argparse.Namespace, launcher=None):
         raise UsageError("--dtype tf32 needs --device cuda (TF32 is a GPU matrix mode)")
     compile_model = args.compile if args.compile is not None else device == "cuda"
     if args.decoder == "nvdec" or args.nvdec_sessions:
-        from extractor.decode.nvdec import nvdec_available
+        from extractor.decode.gpu import nvdec_available
 
         if device != "cuda":
             raise UsageError("--decoder nvdec needs --device cuda")
@@ -254,7 +254,7 @@ def decoding_plan(cfg, group) -> str:
     the GPU's name without starting CUDA here)."""
     import torch
 
-    from extractor.decode.nvdec import gpu_name_from_nvml, nvdec_available
+    from extractor.decode.gpu import gpu_name_from_nvml, nvdec_available
     from extractor.launch import cores_available
     from extractor.decode.plan import plan_decoding
 

@@ -208,6 +208,7 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
     weights = WeightsLoader(cfg, backbone, device)
     maker = InputMaker(device, backbone.preprocessing if backbone else cfg.preprocessing, DTYPES[cfg.dtype],
                        cfg.compile)
+    lap("maker")  # with compile, torch.compile's first call: it imports dynamo and inductor
     # The decoder processes start now and fill their buffers while the model compiles;
     # NVDEC sessions, which run compiled conversions in this process, once it has.
     source = FrameSource(plan, cfg.clip_len, cfg.stride, cfg.decode_timeout_s, claim, report,

@@ -155,7 +155,7 @@ def test_the_ready_event_breaks_start_up_down(tmp_path):
     run_worker(cfg, torch.device("cpu"), lambda: (todo.pop(), None, 0) if todo else None, events.append)
     ready = next(e for e in events if e["type"] == "ready")
     # in order; uncompiled, nothing compiles, and the model's rate is measured on the first batches
-    assert list(ready["startup"]) == ["device", "open", "decoders", "load", "compile"]
+    assert list(ready["startup"]) == ["device", "open", "maker", "decoders", "load", "compile"]
     assert all(s >= 0 for s in ready["startup"].values())
     peak = next(e for e in events if e["type"] == "peak")
     assert peak["first_frames_s"] > 0 and peak["eager_calls"] == 0
