@@ -19,6 +19,20 @@ SUMMARY = re.compile(r"summary: (\d+) done, \d+ skipped, (\d+) failed \| (\d+) c
                      r"start-up = ([\d.]+) clips/s \(then ([\d.]+)s shutdown\).*?peak memory per worker: ([\d.]+) GiB RAM.*?([\d.]+) GiB GPU"
                      r"(?:.*?first worker out of work waited ([\d.]+)s \(([\d.]+)% of the run\))?")
 HEADER = re.compile(r"decoder \w+: per worker ([^|]*)\|")
+WORKER = re.compile(r"\[R(\d+)\] worker: (\d+) clips in ([\d.]+)s from its first batch = ([\d.]+) clips/s \| waited for "
+                    r"frames ([\d.]+)s(?:.*?frames decoded: NVDEC ([\d,]+), CPU ([\d,]+))?")
+
+
+def worker_lines(text: str) -> list[dict]:
+    """Each worker's own line: its rank, clips, rate from its first batch, time it waited for
+    frames, and the frames NVDEC and the CPU decoders gave it (NVDEC 0 when none)."""
+    out = []
+    for m in WORKER.finditer(text):
+        rank, clips, work_s, rate, waited, nvdec, cpu = m.groups()
+        out.append({"rank": int(rank), "clips": int(clips), "work_s": float(work_s), "clips_per_s": float(rate),
+                    "waited_s": float(waited), "nvdec_frames": int((nvdec or "0").replace(",", "")),
+                    "cpu_frames": int(cpu.replace(",", "")) if cpu else None})
+    return sorted(out, key=lambda w: w["rank"])
 
 
 def profile(proc: subprocess.Popen, log: Path, seconds: float):
@@ -135,9 +149,10 @@ def python_thread_names(pyspy_raw: Path) -> dict:
 
 
 def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bool, log: Path,
-            timeout: float = 1200, profile_s: float = 0, env: Optional[dict] = None) -> dict:
+            timeout: float = 1200, profile_s: float = 0, env: Optional[dict] = None, cores: Optional[set] = None) -> dict:
     """feat_extraction.py in its own process group, its output in `log`. Past `timeout`, every
-    process of the run prints its threads' stacks (SIGUSR1) into the log, then is killed."""
+    process of the run prints its threads' stacks (SIGUSR1) into the log, then is killed.
+    `cores`: the CPU cores the run may use (its affinity, which the workers plan from)."""
     args = [ROOT / "feat_extraction.py", "--data_set", kind, "--data_path", data, "--save_path", out,
             "--ckpt_path", ckpt, "--model_name", "auto", "--overwrite", *extra]
     if quick:
@@ -145,7 +160,8 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+                                start_new_session=True, env={**os.environ, **(env or {})},
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
         if profile_s:
             profile(proc, log, profile_s)
         try:
@@ -174,6 +190,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
             "peak_ram_gib": float(ram), "peak_gpu_gib": float(gpu), "videos_by_decoder": decoders,
             "nvdec_stopped": text.count("NVDEC stopped"),  # warned once per video
             "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "wall_s": round(wall, 2),
-            "decoding": header.group(1).strip() if header else "", "summary": m.group(0)}
+            "decoding": header.group(1).strip() if header else "", "summary": m.group(0),
+            "workers": worker_lines(text)}
 
 

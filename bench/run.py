@@ -366,11 +366,11 @@ def main():
 
         results["levers"] = levers(settings=a.levers or DEFAULT_LEVERS, attention=True)
     if "balance" in stages:
-        from balance import run_balance
+        from balance import KINDS, run_balance
 
         results["balance"] = run_balance(work, a.gpus, quick=a.quick, source=a.source, logs=a.logs,
                                          timeout=a.cli_timeout, profile_s=a.profile_s, count=a.balance_videos,
-                                         kinds=tuple(k for k in PRESETS if k in a.corpora.split(",")))
+                                         kinds=tuple(k for k in KINDS if k in a.corpora.split(",")))
     if "segments" in stages:
         from segments import run_segments
 

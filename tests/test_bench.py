@@ -23,9 +23,15 @@ def test_benchmark_quick_runs_on_cpu(tmp_path):
         assert all(p["eager"]["max_abs_diff"] == 0 and p["compiled"]["max_abs_diff"] == 0 for p in pixels.values())
         for name in ("default", "fp32_cpu_decoder"):
             assert r["fidelity"][name]["cos_min"] > 0.99999
-    runs = results["balance"]["charades"]["runs"]
-    assert [run["world_size"] for run in runs] == [1, 2] and runs[0]["clips"] == runs[1]["clips"] > 0
-    assert results["balance"]["charades"]["features"]["cos_min"] > 0.99999
+    balance = results["balance"]["charades"]
+    runs = balance["runs"]
+    # alone, alone on half the cores (this machine has 2 or more), two workers
+    assert [(run["run"], run["world_size"]) for run in runs] == [("lone", 1), ("lone_share", 1), ("many", 2)]
+    assert runs[1]["cores"] == runs[0]["cores"] // 2 and runs[0]["clips"] == runs[1]["clips"] == runs[2]["clips"] > 0
+    assert [w["rank"] for w in runs[2]["workers"]] == [0, 1] and all(w["clips_per_s"] > 0 for w in runs[2]["workers"])
+    assert sum(w["clips"] for w in runs[2]["workers"]) == runs[2]["clips"]
+    assert len(balance["per_worker_vs_lone_share"]) == 2 and "each worker against one alone" in res.stdout
+    assert balance["features"]["cos_min"] > 0.99999
     assert "of model-only" in res.stdout and "speed-up x" in res.stdout
 
 
