@@ -28,9 +28,11 @@ def test_benchmark_quick_runs_on_cpu(tmp_path):
     # alone, alone on half the cores (this machine has 2 or more), two workers
     assert [(run["run"], run["world_size"]) for run in runs] == [("lone", 1), ("lone_share", 1), ("many", 2)]
     assert runs[1]["cores"] == runs[0]["cores"] // 2 and runs[0]["clips"] == runs[1]["clips"] == runs[2]["clips"] > 0
-    assert [w["rank"] for w in runs[2]["workers"]] == [0, 1] and all(w["clips_per_s"] > 0 for w in runs[2]["workers"])
+    # (a worker that made no clip, possible with 6 tiny videos, prints no line of its own)
+    ranks = [w["rank"] for w in runs[2]["workers"]]
+    assert ranks and set(ranks) <= {0, 1} and all(w["clips_per_s"] > 0 for w in runs[2]["workers"])
     assert sum(w["clips"] for w in runs[2]["workers"]) == runs[2]["clips"]
-    assert len(balance["per_worker_vs_lone_share"]) == 2 and "each worker against one alone" in res.stdout
+    assert len(balance["per_worker_vs_lone_share"]) == len(ranks) and "each worker against one alone" in res.stdout
     assert balance["features"]["cos_min"] > 0.99999
     assert "of model-only" in res.stdout and "speed-up x" in res.stdout
 
@@ -61,11 +63,11 @@ def test_a_ceiling_decodes_more_clips_than_a_worker_may_hold(tmp_path, monkeypat
     import torch
     from ceilings import decode_only
 
-    import extractor.decode.source as source
+    import extractor.decode.pacing as pacing
     from extractor.decode.plan import DecodePlan
     from extractor.demo import write_video
 
-    monkeypatch.setattr(source, "START_CLIPS", 4)  # one video's clips (9) are more than that
+    monkeypatch.setattr(pacing, "START_CLIPS", 4)  # one video's clips (9) are more than that
     videos = [write_video(tmp_path / f"v{i}.mp4", 40, 64, 48) for i in range(3)]
     plan = DecodePlan(cpu_decoders=1, nvdec_sessions=0, chunk_frames=8, segment_frames=0)
     r = decode_only(videos, plan, 4, torch.device("cpu"), stall_s=10)
