@@ -2,7 +2,9 @@
 frames clips need into a buffer shared with the worker (pinned there, so the GPU copies
 them straight out of it). Started by decode.processes as
 
-    python -m extractor.decode.cpu_process SOCKET_FD MEMFD BUFFER_BYTES READER PARENT_PID
+    python -m extractor.decode.cpu_process SOCKET_FD MEMFD BUFFER_BYTES READER PARENT_PID NICE
+
+(six arguments: NICE is 0 for the prober, which NVDEC sessions wait on, 5 for the others).
 
 It never imports torch (a decoder costs tens of MB, not a CUDA runtime). Messages, both
 ways over the socket, are tuples:

@@ -16,11 +16,11 @@ from .common import VideoInfo, first_line
 NVDEC_ENGINES = (("H200", 7), ("H100", 7), ("H800", 7), ("GH200", 7), ("B200", 7), ("A100", 5), ("A800", 5),
                  ("A30", 4), ("L40", 3), ("L4", 4), ("A40", 2), ("A10", 2), ("A16", 4), ("A2", 1),
                  ("RTX 6000 Ada", 3), ("RTX 4090", 2), ("RTX 4080", 2), ("T4", 2), ("V100", 1))
-# Sessions per engine, as a fraction: 3/2, 10 on an H100 (7 engines). Decoding alone, more
-# sessions decode more (7: 3,905 frames/s, 14: 4,604; H100, 2026-11-24), but beside the model
-# their threads take the cores and GIL that the decoder processes and the thread feeding the
-# GPU need: at 720p stride 16, 10 sessions gave 354.6-360.1 clips/s end to end against
-# 321.9-349.9 for 14 (two calls, 2026-11-27 18:15-18:42 UTC).
+# Sessions per engine, as a fraction: 3/2, 10 on an H100 (7 engines). Beside the model the
+# sessions' threads take the cores and GIL that the decoder processes and the thread feeding
+# the GPU need: at 720p stride 16, 10 sessions gave 354.6-360.1 clips/s end to end against
+# 321.9-349.9 for 14 (H100, two calls, 2026-11-27 18:15-18:42 UTC; OPTIMIZATION_SUMMARY.md,
+# "NVDEC sessions: 10 per H100").
 SESSIONS_PER_ENGINE = (3, 2)
 
 
