@@ -23,6 +23,7 @@ size, bilinear, and --normalize (default none)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -92,6 +93,21 @@ REFUSED = {  # model types that look close but do not run here
                "SigLIP 2 checkpoints (config model_type 'siglip') are",
     "dinov3_convnext": "DINOv3 ConvNeXt is not supported (a convolutional network); the DINOv3 ViTs are",
 }
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' own warnings and load report off the terminal: the run says what matters
+    in one line (the load report lists the other tower's weights as unexpected)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -195,7 +211,8 @@ class HFBackbone(Backbone):
             raise CheckpointError(f"{path}: model_type {kind!r} is not a backbone this project runs; "
                                   f"supported: {', '.join(sorted(FAMILIES))}")
         try:
-            return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+            with _quiet_transformers():
+                return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as e:
             raise CheckpointError(f"{path}/config.json is not a model config this transformers reads "
                                   f"({_first_line(e, 150)})") from None
@@ -263,22 +280,17 @@ class HFBackbone(Backbone):
         with random ones and only logs it. Weights of other parts (text tower, heads, the
         pre-training decoder or predictor) are not used."""
         import transformers
-        from transformers.utils import logging as hf_logging
 
         model_class = getattr(transformers, self.family.model_class, None)
         if model_class is None:
             raise CheckpointError(f"{self.family.name} needs transformers with {self.family.model_class} "
                                   f"(this one is {transformers.__version__})")
-        hf_logging.disable_progress_bar()
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the load report lists the other tower's keys: ours is below
         try:
-            model, info = model_class.from_pretrained(str(self.path), local_files_only=True, trust_remote_code=False,
-                                                      dtype=dtype, output_loading_info=True)
+            with _quiet_transformers():  # (its load report lists the other tower's weights: ours is below)
+                model, info = model_class.from_pretrained(str(self.path), local_files_only=True,
+                                                          trust_remote_code=False, dtype=dtype, output_loading_info=True)
         except Exception as e:
             raise CheckpointError(f"{self.path}: cannot load the model ({_first_line(e)})") from None
-        finally:
-            hf_logging.set_verbosity(level)
         tower = getattr(model, self.family.tower) if self.family.tower else model
         prefix = self.family.tower + "." if self.family.tower else ""
         own = {name.split(".")[0] for name in tower.state_dict()}  # the tower's top-level parts
