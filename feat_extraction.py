@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Per-video clip features for temporal action detection, with a LLaVA-ViT video encoder.
+"""Per-video clip features for temporal action detection, with a LLaVA-ViT video encoder or a Hugging Face
+image or video backbone (docs/BACKBONES.md).
 
 Slides clips of 16 frames over every video in --data_path, runs the encoder on batches of
 clips on every GPU (one process each) and writes one float32 (num_clips, C) array per video.
@@ -76,26 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--suffix", default="", help="output file name suffix (before the extension)")
     io.add_argument("--ext", default="npy", choices=["npy", "pt"], help="output format/extension")
     m = p.add_argument_group("model")
-    m.add_argument("--model_type", default="llavavit", choices=["llavavit", "dinov3"],
-                   help="backbone family: llavavit (video encoder) or dinov3 (image model from a local Hugging Face "
-                        "folder, run per frame and averaged over the clip)")
+    m.add_argument("--model_type", default="llavavit", choices=["llavavit", "hf", "dinov3"],
+                   help="backbone family: llavavit (LLaVA-ViT video encoder); hf (a local Hugging Face transformers "
+                        "folder, its family from config.json: CLIP, MetaCLIP 2, SigLIP, DINOv2, DINOv3, AIMv2 run per "
+                        "frame and averaged over the clip; VideoMAE, V-JEPA 2 run per clip; see docs/BACKBONES.md); "
+                        "dinov3 (the hf path for DINOv3 folders only)")
     m.add_argument("--model_name", default="llava_vit_base_ln", choices=[*VARIANTS, "auto"],
                    help="architecture of a backbone.pt checkpoint ('auto': read it off the checkpoint's shapes); "
                         "ignored for Hugging Face folders, whose config.json gives it")
     m.add_argument("--ckpt_path", type=Path,
                    help="llavavit: backbone.pt state dict (.pt/.pth/.safetensors) or a OneVision-Encoder Hugging Face "
-                        "folder; dinov3: a local Hugging Face model folder (never downloaded)")
+                        "folder; hf, dinov3: a local Hugging Face model folder (config.json and weights; never "
+                        "downloaded; a two-tower folder such as CLIP's runs its vision tower)")
     m.add_argument("--model_key", default=None,
                    help="key of the state dict inside the checkpoint (default: unwrap model/state_dict/module)")
     m.add_argument("--temporal_positions", choices=["contiguous", "spread64"], default=None,
                    help="rotary time coordinate of a clip's frames (default: contiguous for backbone.pt, "
                         "spread64 for Hugging Face folders)")
+    m.add_argument("--pooling", choices=["pooler", "cls", "mean"], default=None,
+                   help="hf, dinov3: a frame's (image models) or clip's (video models) feature: the model's pooled "
+                        "output, token 0 of the last hidden state, or the mean of its patch tokens (class and register "
+                        "tokens left out). Default: pooler where the model has one (CLIP, SigLIP, DINOv2/v3, AIMv2 "
+                        "with its head), else mean (VideoMAE, V-JEPA 2)")
     c = p.add_argument_group("clips and preprocessing")
     c.add_argument("--clip_len", type=positive_int, help="frames per clip (overrides the preset)")
     c.add_argument("--stride", type=positive_int, help="frames between clip starts (overrides the preset)")
     c.add_argument("--normalize", choices=["none", "clip"], default=None,
                    help="llavavit default 'none' reproduces the original script (RGB/255); 'clip' applies CLIP "
-                        "mean/std. dinov3 default: the folder's preprocessor_config.json")
+                        "mean/std. hf, dinov3 default: the folder's (video_)preprocessor_config.json mean/std, none "
+                        "without one; either choice overrides it")
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available, else cpu")
     r.add_argument("--world_size", type=positive_int, default=None,
@@ -233,7 +243,7 @@ def resolve(args: argparse.Namespace, launcher=None):
         dtype=dtype, compile=compile_model, decoder=args.decoder, cpu_decoders=args.cpu_decoders or 0,
         nvdec_sessions=args.nvdec_sessions or 0, nvdec_sms=args.nvdec_sms, num_threads=args.num_threads or 0,
         decode_buffer_bytes=args.decode_buffer_mb << 20, segment_frames=args.segment_frames,
-        normalize=args.normalize,
+        normalize=args.normalize, pooling=args.pooling,
         temporal_positions=args.temporal_positions, prefix=args.prefix, suffix=args.suffix, ext=args.ext,
         lost_after_s=args.lost_after_s, decode_timeout_s=args.decode_timeout_s, data_path=args.data_path,
         verbose=args.verbose)
@@ -307,6 +317,7 @@ def run_record(cfg, backbone) -> dict:
                             "padded with its last frame",
         "clip_start_seconds": "clip_start_frame / fps",
         "dtype": "float32", "model_type": backbone.model_type, "backbone": backbone.description,
+        "pooling": backbone.pooling,
         "checkpoint": str(cfg.ckpt_path.resolve()), "checkpoint_sha256_16": file_digest(cfg.ckpt_path),
         "preprocessing": backbone.preprocessing.describe(), "compute_dtype": cfg.dtype, "decoder": cfg.decoder,
     }

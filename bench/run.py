@@ -31,6 +31,8 @@ Stages (--stages, comma-separated; default ceilings,model,e2e,fidelity):
             on 128, 120 and 112 SMs (green contexts; bench/nvdec_load.py)
   decoder_memory  what a CPU decoder process adds to a worker's memory at 720p (bench/decoder_memory.py;
             runs on the CPU too)
+  hf_model  Hugging Face backbones of published shapes with random weights, model only, bf16, the
+            pipeline's clip function and compile_blocks (--families, --sizes; bench/hf_models.py)
   real      corpora shaped like real datasets (bench/mixed.py: mixed sizes, codecs, rotations and
             lengths; the same videos all 640x480; an awkward set with broken files): the CLI runs
             --real names (each from a cold or a warm compile cache), --real_ceilings, the awkward
@@ -346,6 +348,11 @@ def main():
                                                         "conversions is measured (the default plan, --ceiling_s)")
     ap.add_argument("--real_fidelity", action="store_true", help="real: the awkward set's features on every path")
     ap.add_argument("--exits", type=int, default=0, help="real: short default runs in a row, counting abnormal exits")
+    ap.add_argument("--families", default="clip,siglip,dinov2,dinov3,aimv2,videomae,vjepa2",
+                    help="hf_model: the Hugging Face families timed (bench/hf_models.py)")
+    ap.add_argument("--sizes", default="base,large", help="hf_model: sizes (base, large; AIMv2 and V-JEPA 2, "
+                                                            "which have no base, give large and huge)")
+    ap.add_argument("--hf_batch", type=int, default=64, help="hf_model: clips per call (halved on out-of-memory)")
     ap.add_argument("--real_scale", type=float, default=1.0, help="real: video lengths times this")
     a = ap.parse_args()
     a.copies = {k: int(v) for k, v in (item.split("=") for item in a.copies.split(","))}
@@ -387,7 +394,11 @@ def main():
         from decoder_memory import run_decoder_memory
 
         results["decoder_memory"] = run_decoder_memory(work, a.source, say)
-    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls", "decoder_memory", "real"}
+    if "hf_model" in stages:
+        from hf_models import run_hf_models
+
+        results["hf_model"] = run_hf_models(a.families.split(","), a.sizes.split(","), dev, a.quick, a.hf_batch, say)
+    standalone = {"balance", "levers", "segments", "nvdec_frames", "nvdec_calls", "decoder_memory", "real", "hf_model"}
     ckpt = checkpoint(work, a.quick) if stages - standalone else None
     model = None
     if "model" in stages:

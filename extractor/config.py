@@ -42,6 +42,7 @@ class RunConfig:
     chunk_frames: int = 32  # frames per decoded chunk, at most
     segment_frames: int = 1500  # a video of twice as many frames or more is decoded in segments (0: never)
     normalize: Optional[str] = None  # None: the backbone's default
+    pooling: Optional[str] = None  # hf backbones: None (the family's default), "pooler", "cls" or "mean"
     preprocessing: Optional[object] = None  # the backbone's (backbones.Preprocessing), where known before it opens
     verbose: bool = False  # other libraries' own warnings reach the terminal (--verbose)
     temporal_positions: Optional[str] = None  # None: the checkpoint format's default
@@ -53,7 +54,8 @@ class RunConfig:
     data_path: Optional[Path] = None  # the videos' names are relative to it (extractor/datasets.py)
 
     def backbone_options(self) -> BackboneOptions:
-        return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len)
+        return BackboneOptions(self.model_name, self.model_key, self.temporal_positions, self.normalize, self.clip_len,
+                               self.pooling)
 
     def decode_options(self) -> DecodeOptions:
         return DecodeOptions(self.decoder, self.cpu_decoders, self.nvdec_sessions, self.nvdec_sms, self.num_threads,

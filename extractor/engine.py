@@ -51,6 +51,22 @@ class WeightsLoader(threading.Thread):
         return self.backbone, self.clip_features
 
 
+def find_blocks(module: torch.nn.Module) -> list:
+    """The blocks of the model's stacks of identical blocks: each nn.ModuleList of two or more
+    modules of one class whose elements hold parameters (LLaVA-ViT's blocks; Hugging Face's
+    encoder.layer (DINOv2, DINOv3, VideoMAE, V-JEPA 2) and encoder.layers (CLIP, SigLIP,
+    AIMv2)). A stack inside a block already taken is not taken again."""
+    blocks, taken = [], set()
+    for name, stack in module.named_modules():
+        if any(name.startswith(t + ".") for t in taken):
+            continue
+        if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1 and len({type(b) for b in stack}) == 1 \
+                and any(True for _ in stack[0].parameters()):
+            blocks.extend(stack)
+            taken.add(name)
+    return blocks
+
+
 def compile_blocks(module: torch.nn.Module) -> int:
     """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
     modules of one class: a transformer's layers) in place, and returns how many. The
@@ -58,8 +74,7 @@ def compile_blocks(module: torch.nn.Module) -> int:
     costs one block's tracing, not the whole model's (issue 25's H200 run: LLaVA-ViT large
     compiled whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s). What lies
     outside the blocks (patch embedding, head) runs eagerly."""
-    blocks = [block for stack in module.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
-              and len({type(b) for b in stack}) == 1 for block in stack]
+    blocks = find_blocks(module)
     for block in blocks:
         block.compile(dynamic=False)
     return len(blocks)

@@ -29,14 +29,15 @@ def list_videos(data_path: Path) -> list[Path]:
 
 
 def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (n, H, W, 3) -> (n, 3, h, w): RGB/255, bilinear resize (align_corners=False;
-    antialiased only if the backbone asks) in float32, optional mean/std; out_dtype last.
+    """uint8 (n, H, W, 3) -> (n, 3, h, w): RGB/255, bilinear (or the backbone's bicubic)
+    resize of the whole frame (align_corners=False; antialiased only if the backbone asks) in
+    float32, optional mean/std; out_dtype last.
 
     For LLaVA-ViT this is the original script's preprocessing, frame by frame; it runs
     wherever `frames` lives (on the GPU in a CUDA run)."""
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     if tuple(x.shape[-2:]) != tuple(prep.size):
-        x = F.interpolate(x, size=prep.size, mode="bilinear", align_corners=False, antialias=prep.antialias)
+        x = F.interpolate(x, size=prep.size, mode=prep.mode, align_corners=False, antialias=prep.antialias)
     x = x.contiguous()  # interpolate keeps the decoder's channels-last strides; the model wants NCHW
     if prep.mean is not None:
         mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)

@@ -105,3 +105,27 @@ def test_decoder_memory_grows_with_the_decoder_processes(tmp_path):
     videos = [write_video(tmp_path / f"v{i}.mp4", 48, 64, 48) for i in range(2)]
     one, two = peak_pss(videos, 1, 5.0), peak_pss(videos, 2, 5.0)
     assert 0 < one < two
+
+
+def test_hf_model_stage_quick_runs_on_cpu(tmp_path):
+    """`bench/run.py --stages hf_model --quick`: every Hugging Face family's tiny model timed
+    through the pipeline's clip function; and `hf_models.py save` writes a folder the CLI opens."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), str(tmp_path), "--quick", "--stages",
+                          "hf_model", "--families", "clip,videomae,vjepa2", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    results = json.loads((tmp_path / "r.json").read_text())["hf_model"]
+    assert set(results) == {"clip_tiny", "videomae_tiny", "vjepa2_tiny"}
+    for r in results.values():
+        assert r["clips_per_s"] > 0 and r["out_shape"] == [2, 32] and r["tflops"] > 0, r
+    assert results["clip_tiny"]["per"] == "frame" and results["videomae_tiny"]["pooling"] == "mean"
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from hf_models import save
+
+    from extractor.backbones import BackboneOptions, open_backbone
+
+    folder = save("siglip", "tiny", tmp_path / "siglip", "fp32")
+    backbone = open_backbone("hf", folder, BackboneOptions())
+    assert backbone.preprocessing.mean == (0.5, 0.5, 0.5) and backbone.preprocessing.size == (32, 32)
+    assert "preprocessor_config.json" in backbone.description
