@@ -205,7 +205,7 @@ def resolve(args: argparse.Namespace, launcher=None):
                              "(under torchrun or srun, one process is one worker: leave --world_size out)")
         if not launcher["master_addr"] or not launcher["master_port"]:
             raise UsageError(f"{launcher['source']} start without MASTER_ADDR/MASTER_PORT: export MASTER_ADDR (the "
-                             "first node's host name) and MASTER_PORT, see README 'Many nodes'")
+                             "first node's host name) and MASTER_PORT, see README 'Many GPUs and nodes'")
     else:
         world_size = args.world_size or (gpus if device == "cuda" else 1)
         if device == "cuda" and world_size > gpus:
