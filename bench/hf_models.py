@@ -159,7 +159,10 @@ def save(family: str, size: str, folder: Path, dtype: str = "bf16", seed: int = 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     vision = getattr(config, "vision_config", config)
-    name, content = processor_config(family, int(getattr(vision, "crop_size", None) or vision.image_size))
+    # DINOv2's config says 518 (its pre-training size; positions are interpolated); its published
+    # processor crops 224, the size it runs at.
+    at = 224 if family == "dinov2" and size != "tiny" else int(getattr(vision, "crop_size", None) or vision.image_size)
+    name, content = processor_config(family, at)
     (folder / name).write_text(json.dumps(content, indent=1))
     return folder
 
