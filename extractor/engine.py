@@ -67,16 +67,17 @@ def find_blocks(module: torch.nn.Module) -> list:
     return blocks
 
 
-def compile_blocks(module: torch.nn.Module) -> int:
+def compile_blocks(module: torch.nn.Module, dynamic: bool = False) -> int:
     """Compiles each block of the model's stacks of identical blocks (an nn.ModuleList of
     modules of one class: a transformer's layers) in place, and returns how many. The
     blocks share one compiled graph (their parameters are its inputs), so that compiling
     costs one block's tracing, not the whole model's (issue 25's H200 run: LLaVA-ViT large
     compiled whole took 32.9 s cold and 5.3 s warm, by blocks 7.9 s and 2.1 s). What lies
-    outside the blocks (patch embedding, head) runs eagerly."""
+    outside the blocks (patch embedding, head) runs eagerly. `dynamic`: one graph for any
+    number of images (the engine's shared frames), not one per batch shape."""
     blocks = find_blocks(module)
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=dynamic)
     return len(blocks)
 
 
@@ -98,8 +99,16 @@ class Engine:
         if clip_features is None:
             clip_features = backbone.build(device, self.dtype)
         self.encode = clip_features
-        if cfg.compile and not compile_blocks(backbone.module):
+        # An image model on overlapping clips (stride < clip length) runs each frame once and
+        # averages its features over the clips that hold it (a stride-4 batch of 64 clips from
+        # one video: 268 frames, not 1,024); the number of frames varies, so its blocks compile
+        # for any number.
+        self.frames_once = backbone.frame_features if cfg.stride < cfg.clip_len else None
+        if cfg.compile and not compile_blocks(backbone.module, dynamic=self.frames_once is not None):
             self.encode = torch.compile(clip_features)  # no stack of blocks: the whole function
+            self.frames_once = None
+        self.frame_buffer: Optional[torch.Tensor] = None
+        self.frames_run = 0  # frames the image model ran (frames_once), for tests and the bench
         self.eager_batches, self.fallbacks = 0, ""  # batches run eagerly once compiling was over, and why
         self.clip_shape = (cfg.clip_len, 3, *self.preprocessing.size)  # (T, 3, H, W) per clip
         self.batch = cfg.batch_clips
@@ -108,11 +117,48 @@ class Engine:
         self.buffer: Optional[torch.Tensor] = None
         t0 = time.perf_counter()
         if cfg.compile:  # compile now, so that start-up is not counted as throughput
-            warm = torch.rand(self.batch, *self.clip_shape, device=device).to(self.dtype)
-            self.result(self.submit(list(warm)))
+            self.result(self.submit(self.random_clips()))
         self.compile_s = time.perf_counter() - t0
 
+    def random_clips(self) -> list:
+        """A batch of random clips, overlapping as the run's clips do (views of one run of
+        frames, `stride` apart) when the engine runs shared frames once."""
+        if self.frames_once is None:
+            return list(torch.rand(self.batch, *self.clip_shape, device=self.device).to(self.dtype))
+        T, stride = self.cfg.clip_len, self.cfg.stride
+        frames = torch.rand((self.batch - 1) * stride + T, *self.clip_shape[1:], device=self.device).to(self.dtype)
+        return [frames[i * stride:i * stride + T] for i in range(self.batch)]
+
+    def _shared_frames(self, clips: list) -> torch.Tensor:
+        """Clip features from each distinct frame's features, averaged. Frames are told apart
+        by address: the clips are views into their video's frame buffer (a padded clip repeats
+        one frame through a stride of 0), and all of them are alive, so one address is one frame."""
+        slots: dict = {}
+        frames, index = [], []
+        for clip in clips:
+            base, step = clip.data_ptr(), clip.stride(0) * clip.element_size()
+            row = []
+            for t in range(clip.shape[0]):
+                i = slots.setdefault(base + t * step, len(frames))
+                if i == len(frames):
+                    frames.append(clip[t])
+                row.append(i)
+            index.append(row)
+        m = len(frames)
+        rows = max(8, -(-m // 8) * 8)  # (no batch of 1, which a compiled graph would specialise on)
+        if self.frame_buffer is None or self.frame_buffer.shape[0] < rows:
+            self.frame_buffer = torch.zeros(max(rows, self.batch * self.cfg.clip_len), *self.clip_shape[1:],
+                                            device=self.device, dtype=self.dtype)
+        torch.stack(frames, out=self.frame_buffer[:m])
+        features = self.frames_once(self.frame_buffer[:rows])
+        where = torch.tensor(index)
+        where = where.pin_memory().to(self.device, non_blocking=True) if self.cuda else where
+        self.frames_run += m
+        return features[where].mean(dim=1)
+
     def _forward(self, clips: list) -> torch.Tensor:
+        if self.frames_once is not None:
+            return self._eager_if_compiled_out(self._shared_frames, clips)
         n = len(clips)
         if self.cfg.compile:
             if self.buffer is None or self.buffer.shape[0] != self.batch:
@@ -121,15 +167,18 @@ class Engine:
             x = self.buffer
         else:
             x = torch.stack(clips)
+        return self._eager_if_compiled_out(lambda x: self.encode(x)[:n].float(), x)
+
+    def _eager_if_compiled_out(self, run: Callable, x):
         try:
-            return self.encode(x)[:n].float()
+            return run(x)
         except RuntimeError as e:  # a graph missing once compiling is over: this batch runs eagerly
             if RECOMPILE not in str(e):
                 raise
             self.eager_batches += 1
             self.fallbacks = " ".join(str(e).split())[:400]
             with torch.compiler.set_stance("force_eager"):
-                return self.encode(x)[:n].float()
+                return run(x)
 
     @torch.inference_mode()
     def submit(self, clips: list) -> list:
@@ -166,7 +215,7 @@ class Engine:
         """Clips per second of the device's time, from `batches` full batches of random clips
         (run before the worker takes frames, so that its first claims know how many frames
         keep the model busy)."""
-        clips = list(torch.rand(self.batch, *self.clip_shape, device=self.device).to(self.dtype))
+        clips = self.random_clips()
         handles = [self.submit(clips) for _ in range(batches)]
         seconds = sum(self.result(h)[1] for h in handles)
         return batches * len(clips) / max(seconds, 1e-9)

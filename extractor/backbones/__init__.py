@@ -69,6 +69,9 @@ class Backbone:
     pooling: str = ""  # how a clip's feature is made of the network's output (recorded in the manifest)
     note: str = ""  # a line for the user, e.g. a flag that is ignored
     module: Optional[torch.nn.Module] = None  # the network `build` made (the pipeline compiles its blocks)
+    # An image model's function frames (N, 3, H, W) -> (N, C), set by `build` where the clip's
+    # feature is the mean of its frames': the engine then runs each frame of overlapping clips once.
+    frame_features: Optional[Callable] = None
 
     def build(self, device: torch.device, dtype: torch.dtype) -> ClipFunction:
         raise NotImplementedError

@@ -321,13 +321,17 @@ class HFBackbone(Backbone):
                 return out.last_hidden_state[:, 0]
             return out.last_hidden_state[:, skip:].mean(dim=1)
 
+        def frame_features(frames: torch.Tensor) -> torch.Tensor:
+            """(N, 3, H, W) -> (N, C) float32: an image model's feature of each frame."""
+            return pool(model(**{input_name: frames})).float()
+
         def clip_features(clips: torch.Tensor) -> torch.Tensor:
             if per_clip:  # (B, T, 3, H, W), as VideoMAE and V-JEPA 2 take it
                 return pool(model(**{input_name: clips}))
             B, T = clips.shape[:2]
-            frames = pool(model(**{input_name: clips.flatten(0, 1)}))  # every frame of every clip in one call
-            return frames.float().view(B, T, -1).mean(dim=1)
+            return frame_features(clips.flatten(0, 1)).view(B, T, -1).mean(dim=1)  # every frame in one call
 
+        self.frame_features = None if per_clip else frame_features
         return clip_features
 
 
