@@ -32,9 +32,10 @@ def inclusive(stacks, samples, thread: str, since: float, until: float, period: 
     """Seconds per function of `thread`'s busy samples from `since` to `until` (idle waits left out)."""
     seconds: collections.Counter = collections.Counter()
     for t, name, i in samples:
-        if name != thread or not since <= t <= until or (stacks[i] and stacks[i][-1] in IDLE):
+        stack = stacks.get(i)  # (None: a sample taken after its file's table, by an older sampler)
+        if stack is None or name != thread or not since <= t <= until or (stack and stack[-1] in IDLE):
             continue
-        for frame in set(stacks[i]):
+        for frame in set(stack):
             seconds[frame] += period
     return seconds
 

@@ -22,27 +22,37 @@ if os.environ.get("STACK_SAMPLES"):
         t_end = time.monotonic() + seconds
         written = []
 
-        def write():
+        def write(last: bool = True):
+            """The samples so far, rewritten whole (every few seconds, so that a process
+            killed in its window still leaves them; then once more at the end or at exit)."""
             if written:
                 return
-            written.append(1)
-            for _ in range(100):  # (at exit the sampling thread may still be adding to them)
-                try:
-                    table, taken = list(stacks.items()), list(samples)
+            if last:
+                written.append(1)
+            for _ in range(100):  # (the sampling thread may still be adding to them)
+                try:  # samples first: every stack they name is then in the table
+                    taken = list(samples)
+                    table = list(stacks.items())
                     break
                 except RuntimeError:
                     time.sleep(0.001)
             else:
                 return
-            with open(os.path.join(out_dir, f"stacks.{os.getpid()}.txt"), "w") as fh:
+            path = os.path.join(out_dir, f"stacks.{os.getpid()}.txt")
+            with open(path + ".part", "w") as fh:
                 fh.write(f"# argv {' '.join(sys.argv)[:300]}\n")
                 for stack, i in table:
                     fh.write(f"S {i} {stack}\n")
                 for t, name, i in taken:
                     fh.write(f"T {t:.3f} {name.replace(' ', '_')} {i}\n")
+            os.replace(path + ".part", path)
 
         atexit.register(write)
+        last_write = time.monotonic()
         while time.monotonic() < t_end:
+            if time.monotonic() - last_write > 5:
+                write(last=False)
+                last_write = time.monotonic()
             for t in threading.enumerate():
                 names[t.ident] = t.name
             for ident, frame in sys._current_frames().items():
