@@ -28,10 +28,11 @@ def list_videos(data_path: Path) -> list[Path]:
     return sorted(p for p in data_path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
-def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
+def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dtype,
+               norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """uint8 (n, H, W, 3) -> (n, 3, h, w): RGB/255, bilinear (or the backbone's bicubic)
     resize of the whole frame (align_corners=False; antialiased only if the backbone asks) in
-    float32, optional mean/std; out_dtype last.
+    float32, optional mean/std (prep's, or `norm`: normalization_tensor's); out_dtype last.
 
     For LLaVA-ViT this is the original script's preprocessing, frame by frame; it runs
     wherever `frames` lives (on the GPU in a CUDA run)."""
@@ -39,11 +40,16 @@ def preprocess(frames: torch.Tensor, prep: "Preprocessing", out_dtype: torch.dty
     if tuple(x.shape[-2:]) != tuple(prep.size):
         x = F.interpolate(x, size=prep.size, mode=prep.mode, align_corners=False, antialias=prep.antialias)
     x = x.contiguous()  # interpolate keeps the decoder's channels-last strides; the model wants NCHW
-    if prep.mean is not None:
-        mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+    if norm is None and prep.mean is not None:
+        norm = normalization_tensor(prep, x.device)
+    if norm is not None:
+        x = (x - norm[0].view(1, 3, 1, 1)) / norm[1].view(1, 3, 1, 1)
     return x.to(out_dtype)
+
+
+def normalization_tensor(prep: "Preprocessing", device: torch.device) -> Optional[torch.Tensor]:
+    """(2, 3) float32: the mean and std of `prep` as data, or None for no normalisation."""
+    return None if prep.mean is None else torch.tensor([prep.mean, prep.std], dtype=torch.float32, device=device)
 
 
 def upright(x: torch.Tensor, turns: int) -> torch.Tensor:
@@ -80,17 +86,19 @@ def plane_layout(packed: bool, h: int, w: int, rows: int = 0, pitch: int = 0) ->
 
 
 def yuv_to_input(frames: torch.Tensor, h: int, w: int, layout: torch.Tensor, params: torch.Tensor,
-                 prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
+                 norm: Optional[torch.Tensor], prep: "Preprocessing", out_dtype: torch.dtype) -> torch.Tensor:
     """(n, bytes per frame) uint8, each row a frame's Y, U, V planes where `layout` (int64,
     `plane_layout`) says -> model input. The planes are gathered, never materialised whole:
-    compiled, only the pixels the resize samples are read and converted."""
+    compiled, only the pixels the resize samples are read and converted. The mean and std
+    come as data (`norm`, which wins over prep's): compiled, prep's floats would be traced as
+    symbols of their own (and its analysis restarted for them)."""
     ch, cw = (h + 1) // 2, (w + 1) // 2
     y_pitch, u_at, v_at, c_pitch, c_step = layout.unbind()
     rows, cols = torch.arange(h, device=frames.device), torch.arange(w, device=frames.device)
     luma = rows[:, None] * y_pitch + cols
     chroma = rows[:ch, None] * c_pitch + cols[:cw] * c_step
     y, u, v = frames[:, luma], frames[:, u_at + chroma], frames[:, v_at + chroma]
-    return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype)
+    return preprocess(yuv420_to_rgb(y, u, v, params), prep, out_dtype, norm)
 
 
 RECOMPILE = "fail_on_recompile"  # in the message of a call that would compile once the worker runs
@@ -116,6 +124,8 @@ class InputMaker:
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.compiled = compile
         self.yuv = torch.compile(yuv_to_input, dynamic=True) if compile else yuv_to_input
+        self.norm = normalization_tensor(prep, device)
+        self.bare_prep = replace(prep, mean=None, std=None)  # (what the conversion is given: see yuv_to_input)
         self.on_device: dict = {}  # colour conversions and plane layouts as tensors on the device, by value
         self.fallbacks: dict[str, str] = {}  # why a conversion last ran eagerly
         self.fallback_calls = 0
@@ -132,7 +142,7 @@ class InputMaker:
             frames = torch.cat([frames, frames])
         layout_t = self._on_device(layout, lambda: torch.tensor(layout, dtype=torch.int64, device=self.device))
         params = self._on_device(colour, lambda: conversion_params(colour, self.device))
-        args = (frames, h, w, layout_t, params, transposed(self.prep, turns), self.dtype)
+        args = (frames, h, w, layout_t, params, self.norm, transposed(self.bare_prep, turns), self.dtype)
         try:
             x = self.yuv(*args)
         except RuntimeError as e:

@@ -71,6 +71,29 @@ def test_one_compiled_graph_serves_every_size_colour_rotation_and_plane_layout(n
     assert counters["stats"]["unique_graphs"] - before == 1
 
 
+def test_a_backbones_mean_and_std_are_data_of_the_conversion_not_traced_floats(no_late_compiles):
+    """A Hugging Face processor's mean and std reach the compiled conversion as a tensor: as
+    Python floats, torch.compile traced each as a symbol of its own and analysed the whole
+    function a second time (twice the operations captured)."""
+    prep = Preprocessing((32, 32), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), antialias=True)
+    captured = {}
+    for name, p in (("plain", Preprocessing((32, 32), antialias=True)), ("normalized", prep)):
+        maker = InputMaker(torch.device("cpu"), p, torch.float32, compile=True)
+        torch.compiler.set_stance("default")
+        before = counters["stats"]["calls_captured"]
+        maker.warm_up(size=(48, 64), frames=4)
+        captured[name] = counters["stats"]["calls_captured"] - before
+        torch.compiler.set_stance(RECOMPILE)
+    assert captured["normalized"] <= captured["plain"] + 10, captured
+    info = VideoInfo(3, 30.0, 40, 66, colour=YuvToRgb("bt601"))
+    eager = InputMaker(torch.device("cpu"), prep, torch.float32, compile=False)
+    with torch.inference_mode():  # (as the worker's frames are)
+        frames = torch.randint(0, 256, (3, packed_frame_bytes(40, 66, info.colour)), dtype=torch.uint8)
+        torch.testing.assert_close(maker.from_frames(frames, info, info.colour),
+                                   eager.from_frames(frames, info, info.colour), rtol=0, atol=1e-5)
+    assert maker.fallback_calls == 0, maker.fallbacks
+
+
 def test_a_call_that_would_compile_once_the_worker_runs_is_run_eagerly_instead(no_late_compiles):
     maker = InputMaker(torch.device("cpu"), Preprocessing(), torch.float32, compile=True)
     info = VideoInfo(2, 30.0, 40, 64, colour=YuvToRgb())
