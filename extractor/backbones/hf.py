@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from ..checkpoints import CheckpointError
-from . import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneOptions, ClipFunction, Preprocessing, normalization
+from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneOptions, ClipFunction, Preprocessing, normalization
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes, as processor configs write them

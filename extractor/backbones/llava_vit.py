@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoints import build_from_checkpoint, config_name, read_checkpoint
 from ..model import temporal_positions
-from . import Backbone, BackboneOptions, ClipFunction, Preprocessing, normalization
+from .base import Backbone, BackboneOptions, ClipFunction, Preprocessing, normalization
 
 
 class LlavaViTBackbone(Backbone):
