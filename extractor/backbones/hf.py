@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from ..checkpoints import CheckpointError
+from ..decode.common import first_line
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneOptions, ClipFunction, Preprocessing, normalization
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -110,10 +111,6 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
-
-
 def _pair(size) -> tuple[int, int]:
     if isinstance(size, (list, tuple)):
         return int(size[0]), int(size[-1])
@@ -136,7 +133,7 @@ def read_processor(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
     out, how = {}, []
     crop = _processor_size(raw.get("crop_size")) if raw.get("do_center_crop", "crop_size" in raw) else None
     size = _processor_size(raw.get("size"))
@@ -203,7 +200,7 @@ class HFBackbone(Backbone):
         try:
             raw = json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}/config.json is not JSON ({_first_line(e, 150)})") from None
+            raise CheckpointError(f"{path}/config.json is not JSON ({first_line(e, 150)})") from None
         kind = raw.get("model_type") if isinstance(raw, dict) else None
         if kind in REFUSED:
             raise CheckpointError(f"{path}: {REFUSED[kind]}")
@@ -215,7 +212,7 @@ class HFBackbone(Backbone):
                 return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as e:
             raise CheckpointError(f"{path}/config.json is not a model config this transformers reads "
-                                  f"({_first_line(e, 150)})") from None
+                                  f"({first_line(e, 150)})") from None
 
     def _check_type(self):
         """A subclass may accept fewer families."""
@@ -290,7 +287,7 @@ class HFBackbone(Backbone):
                 model, info = model_class.from_pretrained(str(self.path), local_files_only=True,
                                                           trust_remote_code=False, dtype=dtype, output_loading_info=True)
         except Exception as e:
-            raise CheckpointError(f"{self.path}: cannot load the model ({_first_line(e)})") from None
+            raise CheckpointError(f"{self.path}: cannot load the model ({first_line(e)})") from None
         tower = getattr(model, self.family.tower) if self.family.tower else model
         prefix = self.family.tower + "." if self.family.tower else ""
         own = {name.split(".")[0] for name in tower.state_dict()}  # the tower's top-level parts

@@ -115,10 +115,10 @@ def exit_description(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 200) -> str:
     text = str(e).strip().splitlines()
     msg = text[0] if text else type(e).__name__
-    return msg[:200]
+    return msg[:limit]
 
 
 def where(e: BaseException) -> str:
