@@ -376,7 +376,8 @@ def main(argv=None) -> int:
         if group.coordinator:
             command = shlex.join(["feat_extraction.py", *(sys.argv[1:] if argv is None else map(str, argv))])
             log.keep(f"run started on {socket.gethostname()} (pid {os.getpid()}): {command}")
-            return coordinate(args, cfg, videos, group, backbone, log)
+            held, backbone = [backbone], None  # (coordinate lets go of it before the run: see there)
+            return coordinate(args, cfg, videos, group, held, log)
         del backbone
         run_group(group, cfg, args.data_path, None, RunSummary())
         return 0
@@ -391,8 +392,12 @@ def main(argv=None) -> int:
         log.close()
 
 
-def coordinate(args, cfg, videos, group, backbone, log) -> int:
-    """Process 0: decides what to do, runs its share, keeps the records, prints the summary."""
+def coordinate(args, cfg, videos, group, held: list, log) -> int:
+    """Process 0: decides what to do, runs its share, keeps the records, prints the summary.
+    `held`: the opened backbone, alone in a list that this function empties, so that no frame
+    keeps it (a LLaVA-ViT state dict, a Hugging Face model) in memory through the run: the
+    workers open their own."""
+    backbone = held.pop()
     from extractor.datasets import file_sizes
     from extractor.launch import RunSummary, run_group
     from extractor.outputs import (Manifest, annotated_videos, check_existing, remove_partial_files, write_failed,

@@ -1,13 +1,14 @@
 import json
 import os
-import shutil
-
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import HF_TINY, TINY_CKPT, original_clip_features, run_cli, tiny_args, write_audio_only
+from conftest import HF_TINY, ROOT, TINY_CKPT, cli_env, original_clip_features, run_cli, tiny_args, write_audio_only
 from extractor.checkpoints import build_from_checkpoint, read_checkpoint
 from extractor.demo import write_video
 
@@ -324,3 +325,34 @@ def test_other_libraries_log_lines_stay_off_the_terminal_unless_verbose(monkeypa
     monkeypatch.setenv("LOGGER_LEVEL", "INFO")
     feat_extraction.quiet_libraries(verbose=False)
     assert os.environ["LOGGER_LEVEL"] == "INFO"
+
+
+HELD = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+import feat_extraction
+import extractor.launch
+from extractor.backbones.base import Backbone
+
+run_group = extractor.launch.run_group
+
+
+def counting(*args, **kwargs):
+    gc.collect()
+    print("backbones held:", sum(isinstance(o, Backbone) for o in gc.get_objects()), flush=True)
+    return run_group(*args, **kwargs)
+
+
+if __name__ == "__main__":
+    extractor.launch.run_group = counting
+    sys.exit(feat_extraction.main(sys.argv[2:]))
+"""
+
+
+def test_process_0_holds_no_backbone_through_the_run(video_dir, tmp_path):
+    """The checkpoint opened to check it before any work (a state dict, a Hugging Face model)
+    is let go before the workers run: they open their own."""
+    res = subprocess.run([sys.executable, "-c", HELD, str(ROOT), *map(str, tiny_args(video_dir, tmp_path / "out"))],
+                         capture_output=True, text=True, timeout=300, env=cli_env(), cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "backbones held: 0" in res.stdout, res.stdout[-2000:]
