@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from extractor.backbones.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 FRAMES = 16
 B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
@@ -110,9 +111,9 @@ SHAPES = {
 }
 SIZE_ALIASES = {"base": ("base", "large"), "large": ("large", "huge")}  # AIMv2, V-JEPA 2: no base published
 
-IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+IMAGENET = dict(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
 HALF = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-CLIP_NORM = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+CLIP_NORM = dict(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
 
 
 def processor_config(family: str, size: int) -> tuple[str, dict]:
