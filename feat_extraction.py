@@ -18,6 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
+from extractor.worker_server import gpu_present, start_worker_server, stop_worker_server
+
 PRESETS = {  # data_set -> (clip_len, stride)
     "thumos": (16, 4),
     "charades": (16, 4),
@@ -170,14 +172,6 @@ def resolve(args: argparse.Namespace, launcher=None):
     """Checks everything that can be checked before work; returns (RunConfig, videos, world_size, backbone),
     videos as names relative to --data_path (extractor/datasets.py). `launcher`: rank, world size and
     rendezvous when torchrun or srun started this process."""
-    quiet_libraries(args.verbose)
-    import torch
-
-    from extractor.backbones import open_backbone
-    from extractor.checkpoints import CheckpointError
-    from extractor.config import RunConfig
-    from extractor.video import VIDEO_EXTENSIONS
-
     if args.demo:
         from extractor.demo import prepare_demo
 
@@ -193,6 +187,12 @@ def resolve(args: argparse.Namespace, launcher=None):
         raise UsageError("give --data_set (a preset) or both --clip_len and --stride")
     clip_len, stride = PRESETS.get(args.data_set, (None, None))
     clip_len, stride = args.clip_len or clip_len, args.stride or stride
+    import torch
+
+    from extractor.backbones import open_backbone
+    from extractor.checkpoints import CheckpointError
+    from extractor.config import RunConfig
+    from extractor.video import VIDEO_EXTENSIONS
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if device == "cuda" else 0
@@ -339,9 +339,14 @@ def main(argv=None) -> int:
     # torch's C++ warnings come with their C++ stack: a store connection that closes (process 0
     # stopped) printed one per call. Its errors still print; the message that matters is ours.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)  # (before the workers' server starts: it and they inherit the environment)
+    if args.demo or args.data_path is not None:  # (without, a usage error follows)
+        # The workers' server imports what they need beside this process's imports and checks.
+        start_worker_server(args.compile if args.compile is not None else args.device != "cpu" and gpu_present(),
+                            args.model_type)
     from extractor.launch import dump_stacks_on_sigusr1, launcher_environment
 
-    args = build_parser().parse_args(argv)
     dump_stacks_on_sigusr1()
     launcher = launcher_environment()
     # SIGTERM (torchrun, Slurm, kill) ends the run like Ctrl-C: workers are stopped, finished files kept
@@ -350,6 +355,7 @@ def main(argv=None) -> int:
     try:
         cfg, videos, world_size, backbone = resolve(args, launcher)
     except UsageError as e:
+        stop_worker_server()
         print(f"error: {e}", file=sys.stderr)
         return 2
     from torch.distributed import DistError

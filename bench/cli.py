@@ -178,6 +178,8 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
         return {"error": f"exit {proc.returncode} (log {log}): {text[-3000:]}", "exit_code": proc.returncode}
     done, failed, clips, busy, startup, rate, shutdown, ram, gpu, idle_s, idle_pct = m.groups()
     header = HEADER.search(text)
+    alone = re.search(r"model alone ([\d.]+) clips/s", text)
+    whole = re.search(r"ready after [\d.]+s, ([\d.]+)s after the command started", text)
     decoders = {}
     for line in text.splitlines():
         hit = re.search(r"decode \(([\w+]+)\)", line)
@@ -191,6 +193,7 @@ def run_cli(data: Path, out: Path, ckpt: Path, kind: str, extra: list, quick: bo
             "nvdec_stopped": text.count("NVDEC stopped"),  # warned once per video
             "end_idle_s": float(idle_s or 0), "end_idle_pct": float(idle_pct or 0), "wall_s": round(wall, 2),
             "decoding": header.group(1).strip() if header else "", "summary": m.group(0),
-            "workers": worker_lines(text)}
+            "workers": worker_lines(text), "model_alone_clips_per_s": float(alone.group(1)) if alone else None,
+            "startup_from_command_s": float(whole.group(1)) if whole else None}
 
 

@@ -223,9 +223,11 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         lap("load")  # what opening the checkpoint and loading the weights took beyond the conversion's compilation
         engine = Engine(cfg, device, report, backbone, clip_features)
         lap("compile", engine.compile_s)
+        model_rate = None
         if cfg.compile:
             if engine.cuda:  # (uncompiled or on the CPU, the first second of real batches measures it)
-                source.know_model_rate(engine.measure_rate())
+                model_rate = engine.measure_rate()
+                source.know_model_rate(model_rate)
                 lap("rate")
             # From here on nothing compiles: a call that would runs eagerly (and says so) rather
             # than hold every thread that converts frames or runs the model while it compiles.
@@ -233,7 +235,7 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         source.start_sessions()
         t_ready = time.perf_counter()
         report({"type": "ready", "backbone": engine.description, "width": engine.width, "decoding": plan.describe(),
-                "startup": startup})
+                "startup": startup, **({"model_rate": round(model_rate, 1)} if model_rate else {})})
         saver = Saver(cfg, report)
         memory = MemoryWatch(source)
         memory.start()

@@ -151,8 +151,11 @@ class Progress:
 
     def __init__(self, sizes: dict[str, int], summary, log: RunLog, clip_len: int, stride: int,
                  on_video: Optional[Callable[[dict], None]] = None, log_every_s: float = 60.0,
-                 bar_file=None, clock: Callable[[], float] = time.monotonic):
+                 bar_file=None, clock: Callable[[], float] = time.monotonic, command_started: Optional[float] = None):
+        """`command_started`: when this process started (wall clock), for the start-up's whole
+        length beside the run's."""
         self.summary, self.log, self.on_video = summary, log, on_video
+        self.command_started = command_started
         self.clip_len, self.stride, self.log_every_s, self.clock = clip_len, stride, log_every_s, clock
         self.meter = WorkMeter(sizes)
         self.videos = len(sizes) + len(summary.failed)  # failed already: listed videos that do not exist
@@ -197,7 +200,11 @@ class Progress:
             if new:
                 self.decoding_said.add(ev["decoding"])
             parts = ", ".join(f"{part} {s:.1f}s" for part, s in (ev.get("startup") or {}).items())
-            self.say(f"[R{rank}] ready after {self.clock() - self.t0:.1f}s" + (f" (worker: {parts})" if parts else "")
+            since = (f", {time.time() - self.command_started:.1f}s after the command started"
+                     if self.command_started is not None else "")
+            self.say(f"[R{rank}] ready after {self.clock() - self.t0:.1f}s{since}" + (f" (worker: {parts})" if parts else "")
+                     + (f" | model alone {ev['model_rate']:.1f} clips/s (3 batches of random clips)"
+                        if ev.get("model_rate") else "")
                      + (f" | decoding: {ev['decoding']}" if new else ""))
         elif kind == "done":
             self.held.get(rank, set()).discard(name)

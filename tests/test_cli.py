@@ -248,7 +248,7 @@ def test_compiled_static_batches_match_eager(video_dir, tmp_path):
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
     assert "compiled" in compiled.stdout
     # the worker's start-up, part by part; nothing compiled once it was ready
-    parts = re.search(r"ready after [\d.]+s \(worker: ([^)]*)\)", compiled.stdout + compiled.stderr).group(1)
+    parts = re.search(r"ready after [\d.]+s[^(]*\(worker: ([^)]*)\)", compiled.stdout + compiled.stderr).group(1)
     # (the checkpoint is opened and loaded beside the conversion's compilation: "load")
     assert [p.split()[0] for p in parts.split(", ")] == ["python", "cuda", "device", "maker", "decoders", "conversions", "load",
                                                         "compile"]

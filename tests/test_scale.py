@@ -192,10 +192,26 @@ def test_longest_first_queue_balances_workers(tmp_path):
 
 
 def _children(pid: int) -> list:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
+    try:
+        return [int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()]
+    except OSError:  # (it ended meanwhile)
+        return []
+
+
+def _descendants(pid: int) -> list:
+    kids = _children(pid)
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+def _worker_processes(pid: int) -> list:
+    """The command's workers: the children of its workers' server (multiprocessing's forkserver)."""
+    def cmdline(k):
+        try:
+            return Path(f"/proc/{k}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    return [w for k in _children(pid) if b"forkserver" in cmdline(k) for w in _children(k)]
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -206,10 +222,10 @@ def test_stopping_the_command_leaves_no_workers_behind(five_videos, tmp_path, ho
     proc = subprocess.Popen(cli_command(*tiny_args(five_videos, out, "--world_size", "2", "--batch_clips", "2")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
     deadline = time.monotonic() + 120
-    while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # two workers and multiprocessing's tracker
+    while len(_worker_processes(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    kids = _children(proc.pid)
-    assert len(kids) >= 3
+    assert len(_worker_processes(proc.pid)) == 2
+    kids = _descendants(proc.pid)  # the workers, their decoder processes, the workers' server, multiprocessing's tracker
     time.sleep(2)
     proc.send_signal(how)
     _, stderr = proc.communicate(timeout=60)

@@ -183,3 +183,48 @@ def test_the_ready_event_breaks_start_up_down(tmp_path):
     peak = next(e for e in events if e["type"] == "peak")
     assert peak["first_frames_s"] > 0 and peak["eager_calls"] == 0
     assert Path(tmp_path / "v.npy").exists()
+
+
+def forked_child_reports(ctx, out: Path) -> dict:
+    """What a worker process finds at its start: which modules it has already and what
+    Ctrl-C does to it (the target is a builtin, so that nothing is imported to unpickle it)."""
+    code = (f"import sys, signal, json; json.dump({{'modules': sorted(sys.modules), 'sigint_ignored': "
+            f"signal.getsignal(signal.SIGINT) is signal.SIG_IGN}}, open({str(out)!r}, 'w'))")
+    child = ctx.Process(target=exec, args=(code,))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    import json
+
+    return json.loads(out.read_text())
+
+
+def test_workers_are_forked_with_torch_and_the_pipeline_imported_and_ctrl_c_left_to_process_0(tmp_path):
+    from extractor.worker_server import start_worker_server, stop_worker_server, worker_context
+
+    stop_worker_server()  # (another test's server would have other imports)
+    try:
+        start_worker_server(compile=False, model_type="llavavit")
+        found = forked_child_reports(worker_context(False, "llavavit"), tmp_path / "child.json")
+    finally:
+        stop_worker_server()
+    assert {"torch", "extractor.launch.worker", "extractor.pipeline"} <= set(found["modules"])
+    assert "torch._dynamo" not in found["modules"] and "transformers" not in found["modules"]  # (not compiled, not HF)
+    assert found["sigint_ignored"]
+
+
+def test_a_usage_error_stops_the_workers_server_mid_import_without_waiting_for_it():
+    import time
+
+    from multiprocessing import forkserver
+
+    from extractor.worker_server import start_worker_server, stop_worker_server
+
+    stop_worker_server()
+    start_worker_server(compile=True, model_type="hf")  # (torch, the compiler and transformers: seconds of imports)
+    pid = forkserver._forkserver._forkserver_pid
+    t0 = time.perf_counter()
+    stop_worker_server()
+    assert time.perf_counter() - t0 < 1.0
+    assert forkserver._forkserver._forkserver_pid is None
+    assert not Path(f"/proc/{pid}").exists()

@@ -3,7 +3,8 @@ set, every Python process that imports torch's worker code samples all its threa
 every 10 ms for its first STACK_SAMPLE_S seconds (default 40) and writes them to
 DIR/stacks.PID.txt: "S id stack" lines (stack: "file:function;..." outermost first), then
 one "T seconds-since-sampling-began thread id" line per thread per sample.
-bench/stack_profile.py reads them. Spawned workers inherit PYTHONPATH and sample too."""
+bench/stack_profile.py reads them. Spawned workers inherit PYTHONPATH and sample too; forked
+ones (the workers' server's) start sampling at the fork."""
 
 import os
 
@@ -68,5 +69,9 @@ if os.environ.get("STACK_SAMPLES"):
             time.sleep(0.01)
         write()
 
-    threading.Thread(target=_sample, args=(os.environ["STACK_SAMPLES"], float(os.environ.get("STACK_SAMPLE_S", 40))),
-                     daemon=True, name="stack-sampler").start()
+    def _start():
+        threading.Thread(target=_sample, args=(os.environ["STACK_SAMPLES"], float(os.environ.get("STACK_SAMPLE_S", 40))),
+                         daemon=True, name="stack-sampler").start()
+
+    _start()
+    os.register_at_fork(after_in_child=_start)  # (workers forked by the workers' server sample from their fork)

@@ -32,7 +32,7 @@ from .coordinator import Coordinator
 from .group import (EventLog, Group, GroupError, join_launcher_group, launcher_environment, local_group, publish_todo,
                     read_todo)
 from .supervisor import Supervisor
-from .worker import cores_available, dump_stacks_on_sigusr1, injected_fault
+from .worker import cores_available, dump_stacks_on_sigusr1, injected_fault, process_start_time
 
 __all__ = ["RunSummary", "order_longest_first", "run_group", "launch", "cores_available", "dump_stacks_on_sigusr1",
            "injected_fault", "EventLog", "Group", "GroupError", "join_launcher_group", "launcher_environment",
@@ -95,7 +95,8 @@ def run_group(group: Group, cfg: RunConfig, data_path: Path, todo: Optional[list
         publish_todo(group, todo)
         if sizes is None:
             sizes = {name: size or 0 for name, size in file_sizes(data_path, todo).items()}
-        progress = Progress(sizes, summary, log or RunLog(None), cfg.clip_len, cfg.stride, on_video, log_every_s)
+        progress = Progress(sizes, summary, log or RunLog(None), cfg.clip_len, cfg.stride, on_video, log_every_s,
+                            command_started=process_start_time())
         coordinator = Coordinator(group, progress, todo, cfg.lost_after_s)
         coordinator.start()
     else:

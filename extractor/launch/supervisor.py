@@ -10,11 +10,10 @@ from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Optional
 
-import torch.multiprocessing as mp
-
 from ..decode.common import exit_description
 from ..config import RunConfig
 from .group import EventLog, Group
+from ..worker_server import worker_context
 from .worker import cores_available, worker_main
 
 
@@ -60,7 +59,7 @@ class Supervisor:
         self.deaths: dict[int, int] = {r: 0 for r in group.ranks}  # rank -> deaths in a row holding no video
         self.decoded_frames: dict[str, tuple[int, int]] = {}  # video in progress -> (frames decoded, frames)
         self.progress_changed, self.progress_sent = False, 0.0
-        self.ctx = mp.get_context("spawn")
+        self.ctx = worker_context(cfg.compile, cfg.model_type)
 
     def _start(self, rank: int, local_rank: int, only: Optional[str] = None) -> _Worker:
         mine, theirs = self.ctx.Pipe(duplex=True)

@@ -94,6 +94,8 @@ def worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, con
     the pipeline on them."""
     t_main = time.time()
     _die_with_parent()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is process 0's: it stops the workers
     dump_stacks_on_sigusr1()
     send_lock, claim_lock, ready = threading.Lock(), threading.Lock(), threading.Event()
 
