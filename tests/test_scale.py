@@ -191,6 +191,43 @@ def test_longest_first_queue_balances_workers(tmp_path):
     assert spread < striped_spread / 3, (spread, striped_spread)
 
 
+def _worker_that_cannot_use_cuda_when_forked(rank, local_rank, cfg, data_path, conn, cpu_threads, starts):
+    """A worker whose first start (forked from a server that had started CUDA) asks to be
+    spawned instead; its next start does the work."""
+    starts.append(rank)
+    if len(starts) == 1:
+        conn.send(("spawn_me",))
+        conn.close()
+        return
+    _simulated_worker(rank, local_rank, cfg, data_path, conn, cpu_threads, 0.0)
+
+
+def test_a_worker_that_cannot_use_cuda_in_its_fork_is_started_again_spawned(tmp_path):
+    from extractor.launch import Supervisor
+
+    data = tmp_path / "videos"
+    data.mkdir()
+    for i in range(3):
+        (data / f"v{i}.mp4").write_bytes(b"x" * 100)
+    summary, starts, seen = RunSummary(), [], []
+    cfg = RunConfig(save_path=tmp_path, ckpt_path=tmp_path)
+    original = Supervisor.__init__
+
+    def keep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self)
+
+    Supervisor.__init__ = keep
+    try:
+        run_group(local_group(1), cfg, data, sorted(p.name for p in data.iterdir()), summary,
+                  worker=_worker_that_cannot_use_cuda_when_forked, thread_arg=starts)
+    finally:
+        Supervisor.__init__ = original
+    assert summary.done == 3 and not summary.failed
+    assert len(starts) == 2  # not counted as a death: no "could not be restarted"
+    assert seen[0].ctx.get_start_method() == "spawn"
+
+
 def _children(pid: int) -> list:
     try:
         return [int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()]

@@ -3,6 +3,7 @@ replacement of a worker that dies, with the videos it held tried once more."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,10 +11,10 @@ from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Optional
 
-from ..decode.common import exit_description
 from ..config import RunConfig
-from .group import EventLog, Group
+from ..decode.common import exit_description
 from ..worker_server import worker_context
+from .group import EventLog, Group
 from .worker import cores_available, worker_main
 
 
@@ -31,6 +32,7 @@ class _Worker:
     clean_exit: bool = False
     decoding: dict = field(default_factory=dict)  # name -> when its decoding last moved (monotonic)
     stalled: list = field(default_factory=list)  # videos whose decoding hung: why the worker was killed
+    spawn_me: bool = False  # it could not use CUDA (forked after CUDA started in its server): start it spawned
 
 
 class Supervisor:
@@ -128,6 +130,13 @@ class Supervisor:
             self._serve_claims(worker)
         elif msg[0] == "exit":
             worker.clean_exit = True
+        elif msg[0] == "spawn_me":  # forked from a server in which CUDA had started: it cannot use CUDA
+            worker.spawn_me = True
+            if self.ctx.get_start_method() != "spawn":
+                self.ctx = mp.get_context("spawn")
+                self._publish(worker, {"type": "warning", "video": None,
+                                       "msg": "workers are spawned instead of forked from the workers' server, in "
+                                              "which CUDA had started (each imports torch itself: a slower start)"})
         else:
             ev = msg[1]
             kind = ev["type"]
@@ -196,6 +205,8 @@ class Supervisor:
         handle.join(timeout=30)
         worker.conn.close()
         rank = worker.rank
+        if worker.spawn_me:
+            return self._start(rank, worker.local_rank, only=worker.only)
         if not (worker.clean_exit and not worker.held):
             why = "stopped" if isinstance(handle, threading.Thread) else exit_description(handle.exitcode)
             if worker.stalled:

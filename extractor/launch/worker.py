@@ -58,6 +58,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def forked_after_cuda() -> bool:
+    """Whether this process was forked from one in which CUDA had started (torch then refuses
+    CUDA here): a workers' server that some import started CUDA in."""
+    return getattr(torch.cuda, "_is_in_bad_fork", lambda: False)()
+
+
 def one_visible_gpu(local_rank: int) -> bool:
     """Makes the worker's GPU (its local rank's, among those CUDA_VISIBLE_DEVICES lists or all)
     the only one CUDA shows this process, as cuda:0; called before CUDA starts here. Every
@@ -120,6 +126,9 @@ def worker_main(rank: int, local_rank: int, cfg: RunConfig, data_path: Path, con
         return data_path / name, injected_fault(name, attempt, ready), left
 
     try:
+        if cfg.device == "cuda" and forked_after_cuda():
+            send(("spawn_me",))
+            return
         torch.set_num_threads(max(1, cpu_threads))
         if cfg.device == "cuda":
             device = torch.device("cuda", 0 if one_visible_gpu(local_rank) else
