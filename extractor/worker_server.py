@@ -53,18 +53,23 @@ def start_worker_server(compile: bool, model_type: str) -> None:
         # Started with Ctrl-C ignored, which it keeps and hands to its children: a Ctrl-C
         # mid-import would print its traceback, and process 0 stops the workers itself.
         # Python 3.11's server ignores the sys.path it is given: the project's folder reaches
-        # it (and the workers) through PYTHONPATH.
+        # it (and the workers) through PYTHONPATH. torch.cuda.is_available(), which an import
+        # may call, starts CUDA's driver unless told to ask NVML instead.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         path = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT] + ([path] if path else []))
+        server_env = {"PYTHONPATH": os.pathsep.join([PROJECT_ROOT] + ([path] if path else [])),
+                      "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+        saved = {k: os.environ.get(k) for k in server_env}
+        os.environ.update(server_env)
         try:
             forkserver.ensure_running()
         finally:
             signal.signal(signal.SIGINT, previous)
-            if path is None:
-                del os.environ["PYTHONPATH"]
-            else:
-                os.environ["PYTHONPATH"] = path
+            for k, v in saved.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
 
 
 def stop_worker_server() -> None:
