@@ -8,38 +8,15 @@ checkpoint's. Attention runs through `F.scaled_dot_product_attention`, so the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .variants import VARIANTS, ViTConfig
 
-@dataclass(frozen=True)
-class ViTConfig:
-    patch_size: int = 16
-    width: int = 768
-    layers: int = 12
-    head_dim: int = 64
-    mlp_width: int = 3072
-    norm: str = "layer_norm"  # "layer_norm" or "rms_norm", every norm but the head's
-    # None means each norm's PyTorch default: 1e-5 for LayerNorm, float32 epsilon for RMSNorm.
-    norm_eps: Optional[float] = None
-    rope_theta: float = 10000.0
-
-    @property
-    def heads(self) -> int:
-        return self.width // self.head_dim
-
-
-VARIANTS = {
-    "llava_vit_small_ln": ViTConfig(16, 384, 6, 64, 1536, "layer_norm"),
-    "llava_vit_base_ln": ViTConfig(16, 768, 12, 64, 3072, "layer_norm"),
-    "llava_vit_base_rms": ViTConfig(16, 768, 12, 64, 3072, "rms_norm"),
-    "llava_vit_large_ln": ViTConfig(14, 1024, 24, 64, 4096, "layer_norm"),
-    "llava_vit_huge_ln": ViTConfig(14, 1280, 32, 64, 5120, "layer_norm"),
-}
+__all__ = ["VARIANTS", "ViTConfig", "LlavaViT", "flops_per_clip", "temporal_positions"]
 
 
 class RMSNorm(nn.Module):
