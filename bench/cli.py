@@ -29,9 +29,14 @@ def worker_lines(text: str) -> list[dict]:
     out = []
     for m in WORKER.finditer(text):
         rank, clips, work_s, rate, waited, nvdec, cpu = m.groups()
+        line = text[m.start():text.find("\n", m.start())]
+        spent = re.search(r"main thread: converting ([\d.]+)s, clips ([\d.]+)s, launching ([\d.]+)s, collecting "
+                          r"([\d.]+)s", line)
         out.append({"rank": int(rank), "clips": int(clips), "work_s": float(work_s), "clips_per_s": float(rate),
                     "waited_s": float(waited), "nvdec_frames": int((nvdec or "0").replace(",", "")),
-                    "cpu_frames": int(cpu.replace(",", "")) if cpu else None})
+                    "cpu_frames": int(cpu.replace(",", "")) if cpu else None,
+                    "main_thread_s": dict(zip(("converting", "clips", "launching", "collecting"),
+                                              map(float, spent.groups()))) if spent else None})
     return sorted(out, key=lambda w: w["rank"])
 
 

@@ -250,7 +250,16 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
         if not video.failed and video.features is not None and video.complete():
             saver.put(video)
 
+    # Where the main thread's time goes besides waiting for frames (pace.waited_s), from the
+    # first batch on: what bounds a run whose model is faster than this thread can feed it.
+    spent = {"converting": 0.0, "clips": 0.0, "launching": 0.0, "collecting": 0.0}
+
     def collect(batch):
+        t = time.perf_counter()
+        _collect(batch)
+        spent["collecting"] += time.perf_counter() - t
+
+    def _collect(batch):
         owners, handles = batch
         feats, seconds = engine.result(handles)
         pace.ran(len(owners), seconds)
@@ -274,7 +283,9 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
             if not take:
                 continue
             pace.launching()  # (on the CPU, submit runs the batch)
+            t = time.perf_counter()
             in_flight.append(([(job, num) for job, num, _ in take], engine.submit([clip for _, _, clip in take])))
+            spent["launching"] += time.perf_counter() - t
             for job, _, _ in take:
                 job.video.launched += 1
             pace.launched(len(take))
@@ -316,10 +327,15 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
                 if job.video.failed:
                     chunk.discard()
                     continue
+                t = time.perf_counter()
                 with torch.inference_mode():
                     x = chunk.to_input(maker)
+                t_made = time.perf_counter()
                 nums, clips = job.assembler.push(event[2], x)
                 pending.extend((job, num, clip) for num, clip in zip(nums, clips))
+                if pace.t0:  # (the worker's window: from its first batch, as its rate and waits)
+                    spent["converting"] += t_made - t
+                    spent["clips"] += time.perf_counter() - t_made
                 launch(final=False)
             elif kind == "decoded":
                 job.decoded = True
@@ -351,6 +367,6 @@ def _work(cfg: RunConfig, device: torch.device, claim: Claim, report: Report, ba
             "gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if engine.cuda else 0.0,
             "clips": pace.total, "work_s": time.perf_counter() - pace.t0 if pace.t0 else 0.0,
             "waited_s": pace.waited_s, "frames_by_decoder": dict(source.frames_by_decoder),
-            "nvdec": source.nvdec_use(), "first_frames_s": first_frames_s,
+            "nvdec": source.nvdec_use(), "first_frames_s": first_frames_s, "main_thread": spent,
             "eager_calls": maker.fallback_calls + engine.eager_batches,
             "eager_why": "; ".join(filter(None, [*maker.fallbacks.values(), engine.fallbacks]))})

@@ -241,6 +241,7 @@ class Progress:
                          f"{ev['clips'] / max(1e-9, ev['work_s']):.1f} clips/s | waited for frames "
                          f"{ev['waited_s']:.1f}s" + (f" | first frames {ev['first_frames_s']:.2f}s after ready"
                                                      if ev.get("first_frames_s") else "")
+                         + main_thread(ev.get("main_thread"))
                          + frames_by_decoder(ev.get("frames_by_decoder")) + nvdec_use(ev.get("nvdec"), ev["work_s"]))
             if ev.get("eager_calls"):
                 self.say(f"[R{rank}] warning: {ev['eager_calls']} calls ran eagerly, a compiled graph missing after "
@@ -305,6 +306,15 @@ class Progress:
         if self.bar is not None:
             self._refresh_bar()
             self.bar.close()
+
+
+def main_thread(spent: Optional[dict]) -> str:
+    """' | main thread: converting 1.2s, clips 0.3s, launching 2.0s, collecting 20.1s': where a
+    worker's main thread spent its time besides waiting for frames (collecting includes
+    waiting for the device to finish a batch)."""
+    if not spent:
+        return ""
+    return " | main thread: " + ", ".join(f"{part} {seconds:.1f}s" for part, seconds in spent.items())
 
 
 def frames_by_decoder(counts) -> str:

@@ -171,10 +171,10 @@ def test_teardown_frees_everything_on_the_device_before_the_green_context(tmp_pa
 
 
 def test_the_ready_event_breaks_start_up_down(tmp_path):
-    video = write_frames(tmp_path / "v.mp4", synthetic_frames(16, 48, 64))
+    video = write_frames(tmp_path / "v.mp4", synthetic_frames(48, 48, 64))
     todo, events = [video], []
-    cfg = RunConfig(save_path=tmp_path, ckpt_path=TINY_CKPT, model_name="auto", clip_len=8, stride=8, batch_clips=4,
-                    cpu_decoders=1)
+    cfg = RunConfig(save_path=tmp_path, ckpt_path=TINY_CKPT, model_name="auto", clip_len=8, stride=8, batch_clips=2,
+                    cpu_decoders=1, chunk_frames=8)
     run_worker(cfg, torch.device("cpu"), lambda: (todo.pop(), None, 0) if todo else None, events.append)
     ready = next(e for e in events if e["type"] == "ready")
     # in order; uncompiled, nothing compiles, and the model's rate is measured on the first batches
@@ -183,6 +183,12 @@ def test_the_ready_event_breaks_start_up_down(tmp_path):
     peak = next(e for e in events if e["type"] == "peak")
     assert peak["first_frames_s"] > 0 and peak["eager_calls"] == 0
     assert Path(tmp_path / "v.npy").exists()
+    # where the main thread's time went: every part measured, inside the worker's time (on the
+    # CPU a batch runs when it is launched, so launching is the model's time there)
+    spent = peak["main_thread"]
+    assert list(spent) == ["converting", "clips", "launching", "collecting"]
+    assert spent["converting"] > 0 and spent["launching"] > 0 and min(spent.values()) >= 0
+    assert sum(spent.values()) + peak["waited_s"] <= peak["work_s"] + 1.0
 
 
 def forked_child_reports(ctx, out: Path) -> dict:
